@@ -1,0 +1,119 @@
+"""Verification latency on this machine: the topology test alone, and a whole verification via the API.
+
+    python benchmarks/verify_latency.py [--repeats 5]
+
+Prints a table (median and max of the repeats, milliseconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from verifier.masks import magnitude_mask  # noqa: E402
+from verifier.models import build_model, hidden_axis, prunable_parameters  # noqa: E402
+from verifier.topology import compare_topology  # noqa: E402
+
+
+def _ticket(arch: str, density: float, seed: int) -> tuple[dict, dict]:
+    torch.manual_seed(seed)
+    model = build_model(arch, (1, 8, 8), 10)
+    weights = dict(model.state_dict())
+    names = prunable_parameters(arch, model)
+    mask = magnitude_mask(weights, dict.fromkeys(names, density))
+    for name in names:
+        weights[name] = weights[name] * mask[name]
+    return weights, mask
+
+
+def _time(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def topology_rows(repeats: int) -> list[tuple[str, list[float]]]:
+    rows = []
+    for arch in ("lenet300_100", "resnet20"):
+        ticket_weights, ticket_mask = _ticket(arch, 0.2, 0)
+        suspect_weights, _ = _ticket(arch, 0.2, 1)
+        axes = {name: hidden_axis(arch, name) for name in ticket_mask}
+        for permutations in (999, 9999):
+            def run(permutations=permutations, ticket_mask=ticket_mask, suspect_weights=suspect_weights,
+                    axes=axes) -> None:
+                compare_topology(ticket_mask, suspect_weights, hidden_axes=axes, permutations=permutations)
+
+            times = _time(run, repeats)
+            rows.append((f"compare_topology {arch}, {permutations} permutations", times))
+    return rows
+
+
+def api_rows(repeats: int) -> list[tuple[str, list[float]]]:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+    from service.db import session_factory
+    from service.owners.service import create_owner
+    from verifier.checkpoint import save_state_dict
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), executor="inline", secret_key="bench")
+        app = create_app(settings)
+        with session_factory(settings.resolved_database_url)() as session:
+            _, key = create_owner(session, secret=settings.secret(), name="bench", is_admin=False,
+                                  actor="bench")
+        headers = {"Authorization": f"Bearer {key}"}
+        with TestClient(app) as client:
+            for arch in ("lenet300_100", "resnet20"):
+                ticket, _ = _ticket(arch, 0.2, 0)
+                suspect, _ = _ticket(arch, 0.2, 1)
+                paths = {}
+                for name, state in (("ticket", ticket), ("suspect", suspect)):
+                    paths[name] = Path(tmp) / f"{arch}-{name}.safetensors"
+                    save_state_dict(state, paths[name])
+                response = client.post("/v1/tickets", headers=headers,
+                                       data={"arch": arch, "dataset": "digits", "name": arch},
+                                       files={"model": ("m", paths["ticket"].read_bytes())})
+                ticket_id = response.json()["id"]
+                suspect_bytes = paths["suspect"].read_bytes()
+
+                def verify(ticket_id=ticket_id, suspect_bytes=suspect_bytes) -> None:
+                    accepted = client.post("/v1/verifications", headers=headers,
+                                           data={"ticket_id": ticket_id},
+                                           files={"model": ("s", suspect_bytes)}).json()
+                    result = client.get(f"/v1/verifications/{accepted['id']}", headers=headers).json()
+                    assert result["status"] == "completed", result
+
+                rows.append((f"POST+GET /v1/verifications {arch} (inline job, SQLite, 9999 perms)",
+                             _time(verify, repeats)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = topology_rows(args.repeats) + api_rows(args.repeats)
+    width = max(len(name) for name, _ in rows)
+    print(f"{'what':<{width}}  {'median ms':>10}  {'max ms':>8}")
+    for name, times in rows:
+        print(f"{name:<{width}}  {statistics.median(times):>10.1f}  {max(times):>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Reading the audit history with the owner filter applied in one place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.errors import APIError
+from service.models import AuditEvent, Owner, is_id
+
+
+def parse_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise APIError(422, "invalid_cursor", "cursor must be a value returned as next_cursor")
+    return int(cursor)
+
+
+def list_events(session: Session, *, owner: Owner, ticket_id: str | None, since: datetime | None,
+                until: datetime | None, limit: int,
+                cursor: str | None) -> tuple[list[AuditEvent], str | None]:
+    """Events visible to `owner` (its own; all for an admin), oldest first, after the cursor.
+
+    Times without a zone are taken as UTC.
+    """
+    since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (since, until))
+    query = select(AuditEvent).where(AuditEvent.seq > parse_cursor(cursor)).order_by(AuditEvent.seq)
+    if not owner.is_admin:
+        query = query.where(AuditEvent.owner_id == owner.id)
+    if ticket_id:
+        if not is_id(ticket_id):
+            raise APIError(422, "invalid_ticket_id", "ticket_id must be a ticket id (32 hex digits)")
+        query = query.where(AuditEvent.ticket_id == ticket_id)
+    if since:
+        query = query.where(AuditEvent.ts >= since)
+    if until:
+        query = query.where(AuditEvent.ts < until)
+    rows = list(session.execute(query.limit(limit + 1)).scalars())
+    next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
+    return rows[:limit], next_cursor

@@ -1,0 +1,314 @@
+"""`ticketguard`: run the service, administer it, and talk to it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.client import ClientError, TicketGuardClient
+from service.config import get_settings
+
+app = typer.Typer(help="TicketGuard: prove who owns a lottery ticket.", no_args_is_help=True)
+owners_app = typer.Typer(help="Owners and API keys (run on the server machine).", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit history.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs: status and cancellation.", no_args_is_help=True)
+app.add_typer(owners_app, name="owners")
+app.add_typer(audit_app, name="audit")
+app.add_typer(jobs_app, name="jobs")
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="TICKETGUARD_URL", help="Server URL.")]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="TICKETGUARD_API_KEY",
+                                            help="API key (default: $TICKETGUARD_API_KEY).")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _client(url: str, key: str | None) -> TicketGuardClient:
+    if not key:
+        console.print("[red]no API key: set TICKETGUARD_API_KEY or pass --api-key[/red]")
+        raise typer.Exit(2)
+    return TicketGuardClient(url, key)
+
+
+@contextmanager
+def reporting_client_errors() -> Iterator[None]:
+    """Turn a server's error answer into a red line and exit code 1."""
+    try:
+        yield
+    except ClientError as exc:
+        console.print(f"[red]error[/red] {exc.code}: {exc.message}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the API (and, with the default local executor, the job supervisor)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+
+
+@app.command()
+def supervise() -> None:
+    """Run only the job supervisor (for TICKETGUARD_EXECUTOR=external API processes)."""
+    import signal
+    import threading
+
+    from service.app import prepare_database
+    from service.jobs.executors import LocalSupervisor
+
+    settings = get_settings()
+    prepare_database(settings)
+    supervisor = LocalSupervisor(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervisor.start()
+    console.print(f"supervisor {supervisor.identity} running {settings.workers} worker(s)")
+    stop.wait()
+    supervisor.stop()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to the current schema."""
+    from service.migrate import current_revision, upgrade
+
+    settings = get_settings()
+    if settings.is_embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    console.print(f"database at revision {current_revision(settings.resolved_database_url)}")
+
+
+@owners_app.command("create")
+def owners_create(name: str, admin: Annotated[bool, typer.Option("--admin")] = False) -> None:
+    """Create an owner; its API key is printed once, on the last line."""
+    from service.app import prepare_database
+    from service.db import session_factory
+    from service.errors import APIError
+    from service.owners.service import create_owner
+
+    settings = get_settings()
+    prepare_database(settings)
+    with session_factory(settings.resolved_database_url)() as session:
+        try:
+            owner, key = create_owner(session, secret=settings.secret(), name=name, is_admin=admin,
+                                      actor="cli")
+        except APIError as exc:
+            console.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(1) from exc
+    console.print(f"created {'admin ' if admin else ''}owner {owner.name} ({owner.id}); API key:")
+    print(key)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    url: Annotated[str | None, typer.Option(help="Ask a server instead of reading the database.")] = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Recompute the audit hash chain; exit 1 and name the first broken link if it is broken."""
+    if url:
+        with reporting_client_errors():
+            report = _client(url, api_key).audit_verify()
+    else:
+        from service.app import prepare_database
+        from service.audit.chain import verify_chain
+        from service.db import session_factory
+
+        settings = get_settings()
+        prepare_database(settings)
+        with session_factory(settings.resolved_database_url)() as session:
+            report = verify_chain(session).to_dict()
+    if report["ok"]:
+        console.print(f"[green]audit chain intact[/green]: {report['events_checked']} events")
+        return
+    console.print(f"[red]audit chain broken at event {report['first_broken_seq']}[/red]: {report['reason']}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def audit_list(url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None, ticket_id: str | None = None,
+               since: str | None = None, until: str | None = None, limit: int = 100,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the audit history visible to your key."""
+    with reporting_client_errors():
+        page = _client(url, api_key).audit(ticket_id=ticket_id, since=since, until=until, limit=limit)
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return
+    print_audit(page["events"])
+
+
+def print_audit(events: list[dict]) -> None:
+    table = Table(title="audit history")
+    for column in ("seq", "time", "actor", "action", "subject", "hash"):
+        table.add_column(column)
+    for event in events:
+        table.add_row(str(event["seq"]), event["ts"][:19], event["actor"], event["action"], event["subject"],
+                      event["hash"][:12])
+    console.print(table)
+
+
+def wait_with_progress(client: TicketGuardClient, job_id: str, label: str) -> dict:
+    """Poll a job with a progress bar; returns the final job."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[message]}"), TimeElapsedColumn(), console=console,
+                  transient=not sys.stdout.isatty()) as progress:
+        task = progress.add_task(label, total=1.0, message="queued")
+        return client.wait(job_id, on_progress=lambda job: progress.update(
+            task, completed=job["progress"], message=job["message"][:40]))
+
+
+@app.command()
+def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+             arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100, resnet20.")],
+             dataset: Annotated[str, typer.Option(help="Dataset, e.g. digits.")],
+             name: Annotated[str, typer.Option(help="A name for the ticket.")],
+             url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
+             wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = True) -> None:
+    """Register ownership of a ticket (a .safetensors or .pt state dict)."""
+    client = _client(url, api_key)
+    with reporting_client_errors():
+        accepted = client.register(model, arch=arch, dataset=dataset, name=name)
+        console.print(f"ticket {accepted['id']} accepted (job {accepted['job_id']})")
+        if wait:
+            job = wait_with_progress(client, accepted["job_id"], "registering")
+            ticket = client.ticket(accepted["id"])
+            console.print_json(data=ticket)
+            if job["status"] != "succeeded":
+                console.print(f"[red]registration {job['status']}[/red]: {job['error']}")
+                raise typer.Exit(1)
+
+
+@app.command()
+def verify(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+           ticket_id: Annotated[str | None, typer.Option("--ticket", help="One of your tickets; "
+                                                         "omit to search every registered ticket.")] = None,
+           url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
+           wait: Annotated[bool, typer.Option(help="Wait for the verdict.")] = True) -> None:
+    """Ask whether a suspect model derives from a registered ticket."""
+    client = _client(url, api_key)
+    with reporting_client_errors():
+        accepted = client.verify(model, ticket_id=ticket_id)
+        console.print(f"verification {accepted['id']} accepted (job {accepted['job_id']})")
+        if wait:
+            wait_with_progress(client, accepted["job_id"], "verifying")
+            result = client.verification(accepted["id"])
+            console.print_json(data=result)
+
+
+def parse_params(pairs: list[str]) -> dict:
+    """`key=value` pairs (value as JSON where it parses, else a string; dotted keys nest) -> dict."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint="--param")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+@app.command()
+def find(arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100, resnet20.")],
+         dataset: Annotated[str, typer.Option(help="Dataset, e.g. digits.")] = "digits",
+         method: Annotated[str, typer.Option(help="imp, oneshot, ... (see `ticketguard finders`).")] = "imp",
+         seed: int = 0,
+         param: Annotated[list[str] | None, typer.Option(
+             "--param", "-p", help="Hyperparameter key=value (JSON value); nest with dots: train.epochs=5.")] = None,
+         out: Annotated[Path | None, typer.Option(help="Save the found ticket here (safetensors).")] = None,
+         form: Annotated[str, typer.Option(help="plain, prune or artifact (with --out).")] = "plain",
+         register_as: Annotated[str | None, typer.Option(help="Register the found ticket under this name.")]
+         = None,
+         url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """Find a winning ticket on the server, with a progress bar; optionally save or register it."""
+    client = _client(url, api_key)
+    with reporting_client_errors():
+        accepted = client.find(arch=arch, dataset=dataset, method=method, seed=seed,
+                               hyperparameters=parse_params(param or []))
+        console.print(f"job {accepted['job_id']} accepted")
+        job = wait_with_progress(client, accepted["job_id"], f"finding ({method})")
+        if job["status"] != "succeeded":
+            console.print(f"[red]search {job['status']}[/red]: {job['error']}")
+            raise typer.Exit(1)
+        result = job["result"]
+        table = Table(title=f"{method} on {arch}/{dataset}, seed {seed}")
+        for column in ("round", "weights kept", "accuracy"):
+            table.add_column(column)
+        for row in result["rounds"]:
+            if "round" in row:
+                table.add_row(str(row["round"]), f"{row['density']:.2%}", f"{row['accuracy']:.4f}")
+        console.print(table)
+        dense = "" if result["dense_accuracy"] is None else f" (dense {result['dense_accuracy']:.4f})"
+        console.print(f"ticket: {result['density']:.2%} of weights kept, accuracy {result['accuracy']:.4f}{dense}")
+        if out is not None:
+            client.download_found(accepted["job_id"], out, form=form)
+            console.print(f"saved to {out}")
+        if register_as:
+            registered = client.register_found(accepted["job_id"], name=register_as)
+            wait_with_progress(client, registered["job_id"], "registering")
+            console.print(f"registered as ticket {registered['id']}")
+
+
+@app.command()
+def finders(url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """List the ticket-finding methods with their hyperparameters and defaults."""
+    with reporting_client_errors():
+        console.print_json(data=_client(url, api_key).finders())
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """Show a job."""
+    with reporting_client_errors():
+        console.print_json(data=_client(url, api_key).job(job_id))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """Cancel a job."""
+    with reporting_client_errors():
+        console.print_json(data=_client(url, api_key).cancel(job_id))
+
+
+@jobs_app.command("wait")
+def jobs_wait(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """Wait for a job with a progress bar."""
+    with reporting_client_errors():
+        job = wait_with_progress(_client(url, api_key), job_id, "job")
+    console.print_json(data=job)
+
+
+@app.command()
+def demo(data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's data here "
+                                                       "(default: a fresh temporary folder).")] = None,
+         seed: int = 0) -> None:
+    """Train a ticket, register it, verify a stolen copy and an independent ticket, show the audit."""
+    from service.demo import run_demo
+
+    ok = run_demo(console, data_dir=data_dir, seed=seed)
+    raise typer.Exit(0 if ok else 1)
+
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,101 @@
+"""A small HTTP client for the TicketGuard API (used by the CLI and the demo)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ClientError(Exception):
+    """The server answered with an error (its code and message), or could not be reached."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class TicketGuardClient:
+    def __init__(self, url: str, api_key: str | None, *, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, "unreachable", f"{self.http.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": response.text[:200]}
+            raise ClientError(response.status_code, error["code"], error["message"])
+        return response.json()
+
+    def register(self, model: Path, *, arch: str, dataset: str, name: str) -> dict:
+        with open(model, "rb") as handle:
+            return self._call("POST", "/v1/tickets", data={"arch": arch, "dataset": dataset, "name": name},
+                              files={"model": (model.name, handle, "application/octet-stream")})
+
+    def verify(self, model: Path, *, ticket_id: str | None = None) -> dict:
+        data = {"ticket_id": ticket_id} if ticket_id else {}
+        with open(model, "rb") as handle:
+            return self._call("POST", "/v1/verifications", data=data,
+                              files={"model": (model.name, handle, "application/octet-stream")})
+
+    def find(self, *, arch: str, dataset: str, method: str, seed: int, hyperparameters: dict) -> dict:
+        return self._call("POST", "/v1/tickets/find", json={"arch": arch, "dataset": dataset, "method": method,
+                                                            "seed": seed, "hyperparameters": hyperparameters})
+
+    def finders(self) -> dict:
+        return self._call("GET", "/v1/finders")
+
+    def download_found(self, job_id: str, destination: Path, *, form: str = "plain") -> None:
+        """Save the ticket a find_ticket job found (safetensors) to `destination`."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/ticket", params={"form": form}) as response:
+            if response.status_code >= 400:
+                response.read()
+                error = response.json().get("error", {})
+                raise ClientError(response.status_code, error.get("code", "http_error"), error.get("message", ""))
+            with open(destination, "wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+
+    def register_found(self, job_id: str, *, name: str) -> dict:
+        return self._call("POST", "/v1/tickets", data={"name": name, "from_job": job_id})
+
+    def ticket(self, ticket_id: str) -> dict:
+        return self._call("GET", f"/v1/tickets/{ticket_id}")
+
+    def verification(self, verification_id: str) -> dict:
+        return self._call("GET", f"/v1/verifications/{verification_id}")
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def audit(self, **params: Any) -> dict:
+        return self._call("GET", "/v1/audit", params={k: v for k, v in params.items() if v is not None})
+
+    def audit_verify(self) -> dict:
+        return self._call("GET", "/v1/audit/verify")
+
+    def wait(self, job_id: str, *, on_progress: Callable[[dict], None] | None = None,
+             timeout: float = 3600.0, interval: float = 0.25) -> dict:
+        """Poll a job until it ends; returns its final state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise ClientError(0, "timeout", f"job {job_id} still {job['status']} after {timeout:.0f}s")
+            time.sleep(interval)

@@ -1,0 +1,86 @@
+"""One settings object for the whole service, read from `TICKETGUARD_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field can be set as `TICKETGUARD_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="TICKETGUARD_", extra="ignore")
+
+    data_dir: Path = Field(Path(".ticketguard"), description="Where the embedded database, "
+                           "artifacts and the generated secret live.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in DATA_DIR.")
+    artifact_dir: Path | None = Field(None, description="Artifact store; default: DATA_DIR/artifacts.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted upload.")
+    secret_key: str | None = Field(None, description="Server secret for API-key and payload MACs; "
+                                   "generated once into DATA_DIR when unset.")
+    executor: Literal["local", "inline", "external"] = Field(
+        "local", description="local: `serve` runs jobs in subprocesses; inline: in the API "
+        "process after the response (tests); external: a separate `ticketguard supervise` runs them.")
+    workers: int = Field(2, ge=1, le=64, description="Jobs run at once by the local supervisor.")
+    lease_seconds: float = Field(30.0, gt=0, description="Job lease; renewed while a job runs.")
+    max_attempts: int = Field(3, ge=1, description="Tries before a job whose worker died fails.")
+    verify_permutations: int = Field(9999, ge=99, description="Permutations in the topology null.")
+    match_alpha: float = Field(1e-3, gt=0, lt=1, description="p-value at or below which a "
+                               "verification says `match`.")
+    inconclusive_alpha: float = Field(1e-2, gt=0, lt=1, description="p-value below which a "
+                                      "non-match is `inconclusive` rather than `no_match`.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ticketguard.db').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the database is the default SQLite file inside DATA_DIR."""
+        return self.database_url is None
+
+    def secret(self) -> bytes:
+        """The server secret; generated once into DATA_DIR/secret.key (mode 0600) when unset."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            value = secrets.token_hex(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+        return path.read_text().strip().encode()
+
+    def child_environment(self) -> dict[str, str]:
+        """Environment that makes a worker subprocess see exactly these settings."""
+        env = dict(os.environ)
+        env.update({
+            "TICKETGUARD_DATA_DIR": str(self.data_dir.resolve()),
+            "TICKETGUARD_DATABASE_URL": self.resolved_database_url,
+            "TICKETGUARD_ARTIFACT_DIR": str(self.resolved_artifact_dir),
+            "TICKETGUARD_VERIFY_PERMUTATIONS": str(self.verify_permutations),
+            "TICKETGUARD_MATCH_ALPHA": str(self.match_alpha),
+            "TICKETGUARD_INCONCLUSIVE_ALPHA": str(self.inconclusive_alpha),
+            "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
+            "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),
+        })
+        return env
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own and pass them to `create_app`)."""
+    return Settings()

@@ -1,0 +1,197 @@
+"""Executors: inline (in the API process, for tests), local (one subprocess per job), external."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from service.config import Settings
+from service.db import session_factory
+from service.jobs.runner import execute_job
+from service.jobs.service import (
+    claim,
+    finish_cancelled,
+    new_lease_owner,
+    renew_leases,
+    requeue_expired,
+    requeue_or_fail,
+)
+from service.models import Job
+
+log = logging.getLogger("ticketguard.supervisor")
+
+
+class Executor(Protocol):
+    def submit(self, job_id: str) -> None: ...
+    def wake(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class ExternalExecutor:
+    """Jobs stay queued for a separate `ticketguard supervise` process."""
+
+    def submit(self, job_id: str) -> None: ...
+    def wake(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class InlineExecutor(ExternalExecutor):
+    """Runs each job in the calling thread right after its request commits (tests, debugging)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def submit(self, job_id: str) -> None:
+        token = f"inline/{uuid.uuid4().hex[:12]}"
+        with session_factory(self.settings.resolved_database_url)() as session:
+            if not claim(session, job_id, lease_owner=token, lease_seconds=self.settings.lease_seconds):
+                return
+        execute_job(self.settings, job_id, token)
+
+
+@dataclass
+class _Running:
+    process: subprocess.Popen
+    token: str
+
+
+class LocalSupervisor:
+    """Claims queued jobs and runs each in a fresh `python -m service.jobs.run` process group.
+
+    It renews the leases of its jobs, kills a job's process group when the job is cancelled,
+    requeues a job whose worker died (up to `max_attempts`), and at every tick requeues jobs
+    whose lease expired because another supervisor died.
+    """
+
+    def __init__(self, settings: Settings, *, poll_interval: float = 0.5) -> None:
+        self.settings, self.poll_interval = settings, poll_interval
+        self.identity = new_lease_owner()
+        self.running: dict[str, _Running] = {}
+        self._make_session = session_factory(settings.resolved_database_url)
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_renew = 0.0
+        self._log_dir = settings.data_dir / "logs"
+
+    def submit(self, job_id: str) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self.run_forever, name="ticketguard-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop claiming; kill running workers and hand their jobs back to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._make_session() as session:
+            for job_id, running in list(self.running.items()):
+                _kill(running.process)
+                job = session.get(Job, job_id, populate_existing=True)
+                if job is not None and job.status == "running" and job.lease_owner == running.token:
+                    job.attempts = max(0, job.attempts - 1)  # a shutdown is not the job's fault
+                    requeue_or_fail(session, job, "supervisor shut down")
+            self.running.clear()
+
+    def run_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.tick()
+            except OperationalError as exc:
+                log.warning("database unavailable, retrying: %s", exc.orig)
+            except Exception:
+                log.exception("supervisor tick failed")
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One round: reap finished workers, act on cancels, renew leases, requeue, launch."""
+        with self._make_session() as session:
+            self._reap(session)
+            self._cancel(session)
+            if time.monotonic() - self._last_renew > self.settings.lease_seconds / 3:
+                renew_leases(session, {j: r.token for j, r in self.running.items()},
+                             lease_seconds=self.settings.lease_seconds)
+                self._last_renew = time.monotonic()
+            requeue_expired(session)
+            if not self._stopping.is_set():
+                self._launch(session)
+
+    def _reap(self, session) -> None:
+        for job_id, running in list(self.running.items()):
+            code = running.process.poll()
+            if code is None:
+                continue
+            del self.running[job_id]
+            job = session.get(Job, job_id, populate_existing=True)
+            if job is not None and job.status == "running" and job.lease_owner == running.token:
+                status = requeue_or_fail(session, job, f"worker exited with code {code} before finishing")
+                log.warning("job %s: worker died (code %s); now %s", job_id, code, status)
+
+    def _cancel(self, session) -> None:
+        if not self.running:
+            return
+        jobs = session.execute(select(Job).where(Job.id.in_(list(self.running)), Job.cancel_requested)
+                               .execution_options(populate_existing=True)).scalars().all()
+        for job in jobs:
+            running = self.running.pop(job.id)
+            _kill(running.process)
+            if job.status == "running" and job.lease_owner == running.token:
+                finish_cancelled(session, job)
+            session.commit()
+            log.info("job %s cancelled; worker killed", job.id)
+
+    def _launch(self, session) -> None:
+        free = self.settings.workers - len(self.running)
+        if free <= 0:
+            return
+        queued = session.execute(select(Job.id).where(Job.status == "queued")
+                                 .order_by(Job.created_at).limit(free)).scalars().all()
+        for job_id in queued:
+            token = f"{self.identity}/{uuid.uuid4().hex[:8]}"
+            if not claim(session, job_id, lease_owner=token, lease_seconds=self.settings.lease_seconds):
+                continue
+            env = self.settings.child_environment() | {"TICKETGUARD_LEASE_OWNER": token}
+            with open(self._log_dir / f"job-{job_id}.log", "ab") as log_file:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "service.jobs.run", job_id], env=env, stdout=log_file,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.running[job_id] = _Running(process, token)
+            job = session.get(Job, job_id, populate_existing=True)
+            job.worker_pid = process.pid
+            session.commit()
+            log.info("job %s (%s) started in process %s", job_id, job.kind, process.pid)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def make_executor(settings: Settings) -> Executor:
+    if settings.executor == "inline":
+        return InlineExecutor(settings)
+    if settings.executor == "local":
+        return LocalSupervisor(settings)
+    return ExternalExecutor()

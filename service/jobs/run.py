@@ -1,0 +1,27 @@
+"""Worker entry point: `python -m service.jobs.run <job_id>` (started by a supervisor)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from service.config import Settings
+from service.jobs.runner import execute_job
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m service.jobs.run <job_id>", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
+    lease_owner = os.environ.get("TICKETGUARD_LEASE_OWNER")
+    if not lease_owner:
+        print("TICKETGUARD_LEASE_OWNER is not set; workers are started by a supervisor", file=sys.stderr)
+        return 2
+    status = execute_job(Settings(), argv[0], lease_owner)
+    return 0 if status in ("succeeded", "failed", "cancelled") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

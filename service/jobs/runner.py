@@ -1,0 +1,70 @@
+"""Run one claimed job to completion: the body of a worker process (or of the inline executor)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from service.artifacts import ArtifactStore
+from service.config import Settings
+from service.db import session_factory
+from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
+from service.jobs.handlers import HANDLERS, mark_domain_failed
+from service.jobs.service import finish_cancelled
+from service.models import Job, utcnow
+from verifier.errors import VerifierError
+
+log = logging.getLogger("ticketguard.worker")
+
+
+def _owned(session: Session, job_id: str, lease_owner: str) -> Job | None:
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None or job.status != "running" or job.lease_owner != lease_owner:
+        return None
+    return job
+
+
+def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
+    """Run the job if we hold its lease; write the outcome in one transaction. Returns the status."""
+    make_session = session_factory(settings.resolved_database_url)
+    with make_session() as session:
+        job = _owned(session, job_id, lease_owner)
+        if job is None:
+            return "not_owned"
+        kind, params = job.kind, dict(job.params)
+    handler = HANDLERS.get(kind)
+    ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
+                     store=ArtifactStore(settings.resolved_artifact_dir))
+    outcome: tuple[str, object]
+    try:
+        if handler is None:
+            raise JobFailed(f"unknown job kind {kind!r}")
+        ctx.progress(0.0, "running", force=True)
+        outcome = ("succeeded", handler.run(ctx))
+    except LeaseLost:
+        log.warning("job %s: lease lost; another worker owns it", job_id)
+        return "lease_lost"
+    except JobCancelled:
+        outcome = ("cancelled", None)
+    except (JobFailed, VerifierError) as exc:
+        outcome = ("failed", str(exc))
+    except Exception as exc:  # a bug: keep the worker's traceback in its log, a summary on the job
+        log.exception("job %s crashed", job_id)
+        outcome = ("failed", f"internal error: {type(exc).__name__}: {exc}")
+    status, value = outcome
+    with make_session() as session:
+        job = _owned(session, job_id, lease_owner)
+        if job is None:
+            return "lease_lost"
+        if status == "succeeded":
+            handler.finish(session, job, value)
+            job.status, job.result, job.progress, job.message = "succeeded", value, 1.0, "done"
+        elif status == "cancelled":
+            finish_cancelled(session, job)
+        else:
+            job.status, job.error, job.message = "failed", str(value), "failed"
+            mark_domain_failed(session, job)
+        job.finished_at, job.lease_owner, job.lease_expires_at = utcnow(), None, None
+        session.commit()
+    return status

@@ -1,0 +1,106 @@
+"""The jobs table is the truth: enqueue, claim, progress, finish, cancel, requeue."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from service.audit.chain import append_event
+from service.errors import APIError
+from service.models import Job, Owner, utcnow
+from service.visibility import get_visible
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def new_lease_owner() -> str:
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
+
+
+def enqueue(session: Session, *, owner_id: str, kind: str, params: dict[str, Any],
+            max_attempts: int) -> Job:
+    """Add a queued job to the caller's transaction; run it only after that commits."""
+    job = Job(owner_id=owner_id, kind=kind, params=params, max_attempts=max_attempts, status="queued")
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim(session: Session, job_id: str, *, lease_owner: str, lease_seconds: float) -> bool:
+    """Atomically move a queued job to running under our lease. Commits."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", attempts=Job.attempts + 1, lease_owner=lease_owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
+                progress=0.0, message="started", worker_pid=None))
+    session.commit()
+    return result.rowcount == 1
+
+
+def renew_leases(session: Session, leases: dict[str, str], *, lease_seconds: float) -> None:
+    """Extend the leases we hold ({job_id: lease token}). Commits."""
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    for job_id, token in leases.items():
+        session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == token,
+                                          Job.status == "running").values(lease_expires_at=expires))
+    session.commit()
+
+
+def requeue_or_fail(session: Session, job: Job, reason: str) -> str:
+    """A job whose worker died: queue it again, or fail it once its attempts are spent."""
+    if job.attempts >= job.max_attempts:
+        job.status, job.finished_at = "failed", utcnow()
+        job.error = f"{reason}; gave up after {job.attempts} attempts"
+        from service.jobs.handlers import mark_domain_failed
+        mark_domain_failed(session, job)
+    else:
+        job.status, job.message = "queued", f"requeued: {reason}"
+    job.lease_owner, job.lease_expires_at, job.worker_pid = None, None, None
+    session.commit()
+    return job.status
+
+
+def requeue_expired(session: Session) -> list[str]:
+    """Requeue (or fail) running jobs whose lease ran out: their worker or supervisor died."""
+    expired = session.execute(
+        select(Job).where(Job.status == "running", or_(Job.lease_expires_at.is_(None),
+                                                       Job.lease_expires_at < utcnow()))
+        .with_for_update(skip_locked=True)).scalars().all()
+    ids = []
+    for job in expired:
+        requeue_or_fail(session, job, "lease expired (worker or supervisor died)")
+        ids.append(job.id)
+    session.commit()
+    return ids
+
+
+def request_cancel(session: Session, *, job: Job, actor: Owner) -> Job:
+    """Cancel a queued job at once; ask a running one to stop (its supervisor kills it). Commits."""
+    if job.status in TERMINAL:
+        raise APIError(409, "job_finished", f"job {job.id} already {job.status}")
+    if job.status == "queued":
+        finish_cancelled(session, job)
+    else:
+        job.cancel_requested = True
+    append_event(session, actor=actor.name, action="job.cancelled", subject=f"job:{job.id}",
+                 owner_id=job.owner_id, payload={"job_id": job.id, "kind": job.kind,
+                                                 "status_at_cancel": job.status})
+    session.commit()
+    return job
+
+
+def finish_cancelled(session: Session, job: Job) -> None:
+    from service.jobs.handlers import mark_domain_failed
+    job.status, job.finished_at, job.message = "cancelled", utcnow(), "cancelled"
+    job.lease_owner, job.lease_expires_at = None, None
+    mark_domain_failed(session, job)
+
+
+def visible_job(session: Session, *, owner: Owner, job_id: str) -> Job:
+    return get_visible(session, Job, job_id, owner=owner, what="job")

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import io
+from typing import Annotated, BinaryIO
+
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from safetensors.torch import save as save_safetensors
+
+from service.datasets.catalog import DatasetRef, resolve_dataset
+from service.deps import CurrentOwner, DbSession, SettingsDep, Store
+from service.errors import APIError
+from service.finding.service import found_ticket_path
+from service.jobs.service import visible_job
+from service.models import Ticket
+from service.tickets import service
+from service.tickets.schemas import Accepted, TicketList, TicketOut
+from verifier.models import architecture_names
+from verifier.tickets import load_ticket
+
+router = APIRouter(prefix="/v1/tickets", tags=["tickets"])
+
+
+def check_arch_and_dataset(session, arch: str, dataset: str, *, owner) -> DatasetRef:
+    """422 for an unknown arch; the resolved dataset (registered, or uploaded by this owner)."""
+    if arch not in architecture_names():
+        raise APIError(422, "unknown_arch",
+                       f"unknown arch {arch!r}; known: {', '.join(architecture_names())}")
+    return resolve_dataset(session, dataset, owner=owner)
+
+
+def ticket_out(ticket: Ticket) -> TicketOut:
+    return TicketOut(id=ticket.id, name=ticket.name, arch=ticket.arch, dataset=ticket.dataset,
+                     status=ticket.status, sparsity=ticket.sparsity, layer_sparsity=ticket.layer_sparsity,
+                     model_sha256=ticket.model_sha256, job_id=ticket.job_id, created_at=ticket.created_at,
+                     registered_at=ticket.registered_at, error=ticket.error)
+
+
+@router.post("", status_code=202, response_model=Accepted)
+def register_ticket(
+    request: Request, owner: CurrentOwner, session: DbSession, settings: SettingsDep, store: Store,
+    background: BackgroundTasks,
+    name: Annotated[str, Form(min_length=1, max_length=200)],
+    model: Annotated[UploadFile | None, File(description="The ticket: .safetensors, or a .pt/.pth "
+                                             "state dict. Or give `from_job`.")] = None,
+    from_job: Annotated[str | None, Form(description="A succeeded find_ticket job of yours whose "
+                                         "ticket to register instead of an upload.")] = None,
+    arch: Annotated[str | None, Form(description="Architecture name, e.g. resnet20.")] = None,
+    dataset: Annotated[str | None, Form(description="Dataset the ticket was trained on.")] = None,
+) -> Accepted:
+    """Register ownership of a ticket. The model is validated now; the record is written by a job."""
+    if not name.isprintable():
+        raise APIError(422, "invalid_name", "name must not contain control characters")
+    if (model is None) == (from_job is None):
+        raise APIError(422, "invalid_request", "send either a `model` file or `from_job`, not both")
+    if from_job is not None:
+        source, arch, dataset = found_ticket_source(session, store, owner=owner, job_id=from_job,
+                                                    arch=arch, dataset=dataset)
+    else:
+        if arch is None or dataset is None:
+            raise APIError(422, "invalid_request", "`arch` and `dataset` are required with a model file")
+        source = model.file
+    dataset_ref = check_arch_and_dataset(session, arch, dataset, owner=owner)
+    with store.staged(source, max_bytes=settings.max_upload_bytes) as upload:
+        ticket = service.submit_registration(session, owner=owner, store=store, upload=upload, name=name,
+                                             arch=arch, dataset=dataset_ref, max_attempts=settings.max_attempts)
+    background.add_task(request.app.state.executor.submit, ticket.job_id)
+    return Accepted(id=ticket.id, status=ticket.status, job_id=ticket.job_id)
+
+
+def found_ticket_source(session, store, *, owner, job_id: str, arch: str | None,
+                        dataset: str | None) -> tuple[BinaryIO, str, str]:
+    """The trained weights of a found ticket as a readable file, with its arch and dataset."""
+    path = found_ticket_path(store, visible_job(session, owner=owner, job_id=job_id))
+    found = load_ticket(path)
+    for given, actual, what in ((arch, found.arch, "arch"), (dataset, found.dataset, "dataset")):
+        if given is not None and given != actual:
+            raise APIError(422, "invalid_request",
+                           f"{what} {given!r} does not match the found ticket's {actual!r}")
+    buffer = io.BytesIO(save_safetensors({k: v.contiguous() for k, v in found.state.items()}))
+    return buffer, found.arch, found.dataset
+
+
+@router.get("", response_model=TicketList)
+def list_tickets(owner: CurrentOwner, session: DbSession) -> TicketList:
+    """Your tickets (all tickets for an admin)."""
+    return TicketList(tickets=[ticket_out(t) for t in service.list_tickets(session, owner=owner)])
+
+
+@router.get("/{ticket_id}", response_model=TicketOut)
+def get_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession) -> TicketOut:
+    return ticket_out(service.visible_ticket(session, owner=owner, ticket_id=ticket_id))
+
+
+@router.get("/{ticket_id}/model", response_class=FileResponse)
+def download_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession, store: Store) -> FileResponse:
+    """The registered ticket as safetensors (pruned weights are exact zeros)."""
+    ticket = service.visible_ticket(session, owner=owner, ticket_id=ticket_id)
+    return FileResponse(service.ticket_model_path(store, ticket), media_type="application/octet-stream",
+                        filename=f"ticket-{ticket.id}.safetensors")

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class Accepted(BaseModel):
+    """A request whose work runs as a job: poll `GET /v1/jobs/{job_id}`."""
+
+    id: str
+    status: str
+    job_id: str
+
+
+class TicketOut(BaseModel):
+    id: str
+    name: str
+    arch: str
+    dataset: str
+    status: str
+    sparsity: float | None
+    layer_sparsity: dict[str, float] | None
+    model_sha256: str | None
+    job_id: str | None
+    created_at: datetime
+    registered_at: datetime | None
+    error: str | None = None
+
+
+class TicketList(BaseModel):
+    tickets: list[TicketOut]

@@ -1,0 +1,93 @@
+"""Registering tickets: accept an upload, then (as a job) store its mask and the ownership record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.artifact_records import record_artifact
+from service.artifacts import ArtifactStore, Staged
+from service.audit.chain import append_event
+from service.datasets.catalog import DatasetRef
+from service.errors import APIError
+from service.jobs.context import JobContext
+from service.jobs.service import enqueue
+from service.modelfiles import parse_for_arch, store_mask, store_weights
+from service.models import Job, Owner, Ticket, utcnow
+from service.visibility import get_visible
+from verifier.masks import densities, overall_density
+
+REGISTER_KIND = "register_ticket"
+
+
+def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
+                        name: str, arch: str, dataset: DatasetRef, max_attempts: int) -> Ticket:
+    """Validate the uploaded model now (422 on bad input), keep it, queue its registration. Commits."""
+    parse_for_arch(upload.path, arch=arch, spec=dataset.spec, require_sparse=True)
+    record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="upload")
+    ticket = Ticket(owner_id=owner.id, name=name, arch=arch, dataset=dataset.name,
+                    upload_sha256=upload.sha256, status="pending")
+    session.add(ticket)
+    session.flush()
+    job = enqueue(session, owner_id=owner.id, kind=REGISTER_KIND, params=registration_params(ticket, dataset),
+                  max_attempts=max_attempts)
+    ticket.job_id = job.id
+    session.commit()
+    return ticket
+
+
+def run_registration(ctx: JobContext) -> dict[str, Any]:
+    """Job body: parse the upload, store canonical weights and the bit-packed mask."""
+    params = ctx.params
+    ctx.progress(0.1, "reading the model", force=True)
+    spec = (tuple(params["input_shape"]), params["num_classes"])
+    parsed = parse_for_arch(ctx.store.path(params["upload_sha256"]), arch=params["arch"], spec=spec,
+                            require_sparse=True)
+    ctx.progress(0.6, "storing weights and mask", force=True)
+    model_sha, model_size = store_weights(ctx.store, parsed.weights)
+    mask_sha, mask_size = store_mask(ctx.store, parsed.mask)
+    return {"model_sha256": model_sha, "model_size": model_size, "mask_sha256": mask_sha,
+            "mask_size": mask_size, "sparsity": 1.0 - overall_density(parsed.mask),
+            "layer_sparsity": {k: 1.0 - v for k, v in densities(parsed.mask).items()}}
+
+
+def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
+    """In the job's final transaction: the ticket becomes `registered`, and the audit says so."""
+    ticket = session.get(Ticket, job.params["ticket_id"])
+    record_artifact(session, sha256=result["model_sha256"], size=result["model_size"], kind="model")
+    record_artifact(session, sha256=result["mask_sha256"], size=result["mask_size"], kind="mask")
+    ticket.model_sha256, ticket.mask_sha256 = result["model_sha256"], result["mask_sha256"]
+    ticket.sparsity, ticket.layer_sparsity = result["sparsity"], result["layer_sparsity"]
+    ticket.status, ticket.registered_at = "registered", utcnow()
+    owner = session.get(Owner, ticket.owner_id)
+    append_event(session, actor=owner.name, action="ticket.registered", subject=f"ticket:{ticket.id}",
+                 owner_id=ticket.owner_id, ticket_id=ticket.id,
+                 payload={"name": ticket.name, "arch": ticket.arch, "dataset": ticket.dataset,
+                          "model_sha256": ticket.model_sha256, "mask_sha256": ticket.mask_sha256,
+                          "sparsity": round(ticket.sparsity, 6)})
+
+
+def registration_params(ticket: Ticket, dataset: DatasetRef) -> dict[str, Any]:
+    return {"ticket_id": ticket.id, "upload_sha256": ticket.upload_sha256, "arch": ticket.arch,
+            "dataset": ticket.dataset, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}
+
+
+def visible_ticket(session: Session, *, owner: Owner, ticket_id: str) -> Ticket:
+    """A ticket the caller may see (its own, or any for an admin); 404 otherwise."""
+    return get_visible(session, Ticket, ticket_id, owner=owner, what="ticket")
+
+
+def list_tickets(session: Session, *, owner: Owner) -> list[Ticket]:
+    query = select(Ticket).order_by(Ticket.created_at)
+    if not owner.is_admin:
+        query = query.where(Ticket.owner_id == owner.id)
+    return list(session.execute(query).scalars())
+
+
+def ticket_model_path(store: ArtifactStore, ticket: Ticket) -> Path:
+    if ticket.status != "registered" or ticket.model_sha256 is None:
+        raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered")
+    return store.path(ticket.model_sha256)

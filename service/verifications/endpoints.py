@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
+
+from service.deps import CurrentOwner, DbSession, SettingsDep, Store
+from service.models import Owner, Ticket, Verification
+from service.tickets.schemas import Accepted
+from service.verifications import service
+from service.verifications.schemas import VerificationOut
+
+router = APIRouter(prefix="/v1/verifications", tags=["verifications"])
+
+
+def verification_out(session, verification: Verification) -> VerificationOut:
+    """Reveal the matched ticket's id, owner name and registration time; nothing more of it."""
+    ticket_id = verification.matched_ticket_id or verification.requested_ticket_id
+    ticket = session.get(Ticket, ticket_id) if ticket_id else None
+    owner = session.get(Owner, ticket.owner_id) if ticket else None
+    return VerificationOut(
+        id=verification.id, status=verification.status, verdict=verification.verdict,
+        ticket_id=ticket_id, owner=owner.name if owner else None,
+        registered_at=ticket.registered_at if ticket else None, p_value=verification.p_value,
+        evidence=verification.evidence, job_id=verification.job_id, created_at=verification.created_at,
+        completed_at=verification.completed_at, error=verification.error)
+
+
+@router.post("", status_code=202, response_model=Accepted)
+def create_verification(
+    request: Request, owner: CurrentOwner, session: DbSession, settings: SettingsDep, store: Store,
+    background: BackgroundTasks,
+    model: Annotated[UploadFile, File(description="The suspect model (.safetensors or .pt/.pth).")],
+    ticket_id: Annotated[str | None, Form(description="One of your tickets; omit to search all.")] = None,
+) -> Accepted:
+    """Ask whether a suspect model derives from a registered ticket. Runs as a job."""
+    with store.staged(model.file, max_bytes=settings.max_upload_bytes) as upload:
+        verification = service.submit_verification(session, owner=owner, store=store, upload=upload,
+                                                   ticket_id=ticket_id, max_attempts=settings.max_attempts)
+    background.add_task(request.app.state.executor.submit, verification.job_id)
+    return Accepted(id=verification.id, status=verification.status, job_id=verification.job_id)
+
+
+@router.get("/{verification_id}", response_model=VerificationOut)
+def get_verification(verification_id: str, owner: CurrentOwner, session: DbSession) -> VerificationOut:
+    verification = service.visible_verification(session, owner=owner, verification_id=verification_id)
+    return verification_out(session, verification)

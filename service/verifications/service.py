@@ -1,0 +1,132 @@
+"""Verifying a suspect model against one ticket, or against every registered ticket (1:N)."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.artifact_records import record_artifact
+from service.artifacts import ArtifactStore, Staged
+from service.audit.chain import append_event
+from service.datasets.catalog import resolve_dataset
+from service.db import session_factory
+from service.errors import APIError
+from service.jobs.context import JobContext
+from service.jobs.service import enqueue
+from service.modelfiles import fit_to_template, parse_for_arch
+from service.models import Job, Owner, Ticket, Verification, utcnow
+from service.tickets.service import visible_ticket
+from service.visibility import get_visible
+from verifier.checkpoint import read_state_dict, split_masks
+from verifier.errors import VerifierError
+from verifier.masks import load_mask
+from verifier.models import build_model, hidden_axis
+from verifier.topology import bonferroni, compare_topology, verdict
+
+VERIFY_KIND = "verify"
+
+
+def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
+                        ticket_id: str | None, max_attempts: int) -> Verification:
+    """Check the suspect can be read (and fits the named ticket), keep it, queue the job. Commits."""
+    if ticket_id:
+        ticket = visible_ticket(session, owner=owner, ticket_id=ticket_id)
+        if ticket.status != "registered":
+            raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered")
+        spec = resolve_dataset(session, ticket.dataset, owner=None).spec
+        parse_for_arch(upload.path, arch=ticket.arch, spec=spec, require_sparse=False)
+    else:
+        split_masks(read_state_dict(upload.path))
+    record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="suspect")
+    verification = Verification(owner_id=owner.id, requested_ticket_id=ticket_id or None,
+                                suspect_sha256=upload.sha256, status="pending")
+    session.add(verification)
+    session.flush()
+    job = enqueue(session, owner_id=owner.id, kind=VERIFY_KIND,
+                  params={"verification_id": verification.id, "suspect_sha256": upload.sha256,
+                          "ticket_id": ticket_id or None, "requester_id": owner.id},
+                  max_attempts=max_attempts)
+    verification.job_id = job.id
+    append_event(session, actor=owner.name, action="verification.requested",
+                 subject=f"verification:{verification.id}", owner_id=owner.id, ticket_id=ticket_id,
+                 payload={"suspect_sha256": upload.sha256, "ticket_id": ticket_id, "mode": "white_box"})
+    session.commit()
+    return verification
+
+
+def _candidates(session: Session, ticket_id: str | None) -> list[Ticket]:
+    query = select(Ticket).where(Ticket.status == "registered").order_by(Ticket.registered_at)
+    if ticket_id:
+        query = query.where(Ticket.id == ticket_id)
+    return list(session.execute(query).scalars())
+
+
+def run_verification(ctx: JobContext) -> dict[str, Any]:
+    """Job body: topology test of the suspect against each compatible ticket; best one decides."""
+    params, settings = ctx.params, ctx.settings
+    with session_factory(settings.resolved_database_url)() as session:
+        candidates = _candidates(session, params["ticket_id"])
+        specs = {t.dataset: resolve_dataset(session, t.dataset, owner=None).spec for t in candidates}
+        session.expunge_all()
+    weights, masks = split_masks(read_state_dict(ctx.store.path(params["suspect_sha256"])))
+    seed = zlib.crc32(params["verification_id"].encode())
+    templates: dict[tuple[str, str], dict] = {}
+    best: tuple[float, Ticket, dict] | None = None
+    compared, incompatible = 0, 0
+    for index, ticket in enumerate(candidates):
+        ctx.progress(index / max(1, len(candidates)), f"comparing with ticket {index + 1}/{len(candidates)}")
+        key = (ticket.arch, ticket.dataset)
+        if key not in templates:
+            templates[key] = build_model(ticket.arch, *specs[ticket.dataset]).state_dict()
+        try:
+            suspect = fit_to_template(weights, masks, template=templates[key], arch=ticket.arch,
+                                      spec=specs[ticket.dataset], require_sparse=False)
+        except VerifierError:
+            incompatible += 1
+            continue
+        ticket_mask = load_mask(ctx.store.path(ticket.mask_sha256))
+        result = compare_topology(
+            ticket_mask, suspect.weights, suspect_mask=suspect.mask if masks else None,
+            hidden_axes={name: hidden_axis(ticket.arch, name) for name in ticket_mask},
+            permutations=settings.verify_permutations, seed=seed)
+        compared += 1
+        if best is None or result.p_value < best[0]:
+            best = (result.p_value, ticket, result.to_dict())
+    ctx.progress(1.0, "deciding", force=True)
+    thresholds = {"match_alpha": settings.match_alpha, "inconclusive_alpha": settings.inconclusive_alpha}
+    evidence: dict[str, Any] = {"scheme": "topology", "candidates_compared": compared,
+                                "incompatible_tickets": incompatible, "thresholds": thresholds}
+    if best is None:
+        evidence["reason"] = "no registered ticket has an architecture the suspect fits"
+        return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
+    raw_p, ticket, topology = best
+    p_value = bonferroni(raw_p, compared)
+    decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
+    evidence.update({"raw_p_value": raw_p, "correction": f"bonferroni over {compared} candidate(s)"})
+    disclose = decided == "match" or ticket.owner_id == params["requester_id"]
+    evidence["topology"] = topology if disclose else {
+        k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
+    return {"verdict": decided, "p_value": p_value, "evidence": evidence,
+            "ticket_id": ticket.id if disclose else None}
+
+
+def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> None:
+    """In the job's final transaction: store the verdict and append it to the audit chain."""
+    verification = session.get(Verification, job.params["verification_id"])
+    verification.status, verification.verdict = "completed", result["verdict"]
+    verification.p_value, verification.evidence = result["p_value"], result["evidence"]
+    verification.matched_ticket_id = result["ticket_id"] if result["verdict"] == "match" else None
+    verification.completed_at = utcnow()
+    requester = session.get(Owner, verification.owner_id)
+    append_event(session, actor=requester.name, action="verification.completed",
+                 subject=f"verification:{verification.id}", owner_id=verification.owner_id,
+                 ticket_id=verification.matched_ticket_id or verification.requested_ticket_id,
+                 payload={"verdict": result["verdict"], "p_value": result["p_value"],
+                          "matched_ticket_id": verification.matched_ticket_id})
+
+
+def visible_verification(session: Session, *, owner: Owner, verification_id: str) -> Verification:
+    return get_visible(session, Verification, verification_id, owner=owner, what="verification")

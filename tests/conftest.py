@@ -1,0 +1,139 @@
+"""Shared fixtures: a fresh migrated database per test on SQLite and on PostgreSQL, apps, owners, models."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.app import create_app
+from service.config import Settings
+from service.db import get_engine, session_factory
+from service.migrate import upgrade
+from service.owners.service import create_owner
+
+POSTGRES_URL = os.environ.get("TICKETGUARD_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database brought to head with Alembic: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ticketguard.db'}"
+        upgrade(url)
+        yield url
+        get_engine(url).dispose()
+        return
+    name = f"tg_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, executor="inline",
+                    secret_key="test-secret", max_upload_bytes=4 * 1024 * 1024, verify_permutations=999)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@dataclass
+class Account:
+    id: str
+    name: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def make_account(settings: Settings, name: str, *, admin: bool = False) -> Account:
+    with session_factory(settings.resolved_database_url)() as session:
+        owner, key = create_owner(session, secret=settings.secret(), name=name, is_admin=admin, actor="test")
+    return Account(owner.id, owner.name, key)
+
+
+@pytest.fixture
+def alice(settings: Settings) -> Account:
+    return make_account(settings, "alice")
+
+
+@pytest.fixture
+def bob(settings: Settings) -> Account:
+    return make_account(settings, "bob")
+
+
+@pytest.fixture
+def admin(settings: Settings) -> Account:
+    return make_account(settings, "root", admin=True)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Tickets on digits made once per test session: the original, a stolen copy, an independent one."""
+
+    ticket: Path
+    stolen: Path
+    independent: Path
+    dense: Path
+    prune_form: Path
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    import copy
+
+    import torch
+
+    from verifier.attacks import fine_tune, prune_further
+    from verifier.checkpoint import save_state_dict
+    from verifier.data import load_dataset
+    from verifier.models import build_model
+    from verifier.tickets import find_imp_ticket
+
+    root = tmp_path_factory.mktemp("models")
+    data = load_dataset("digits")
+    ticket = find_imp_ticket("lenet300_100", data, seed=0, rounds=2, rate=0.5, epochs=6)
+    independent = find_imp_ticket("lenet300_100", data, seed=1, rounds=2, rate=0.5, epochs=6)
+    thief = build_model("lenet300_100", data.input_shape, data.num_classes)
+    thief.load_state_dict(ticket.state)
+    mask = copy.deepcopy(ticket.mask)
+    fine_tune(thief, mask, data.x_train, data.y_train, epochs=2, lr=0.01, seed=7)
+    prune_further(thief, mask, 0.10)
+    dense = build_model("lenet300_100", data.input_shape, data.num_classes)
+    files = ModelFiles(root / "ticket.safetensors", root / "stolen.safetensors",
+                       root / "independent.safetensors", root / "dense.safetensors", root / "ticket.pt")
+    save_state_dict(ticket.state, files.ticket)
+    save_state_dict(thief.state_dict(), files.stolen)
+    save_state_dict(independent.state, files.independent)
+    save_state_dict(dense.state_dict(), files.dense)
+    prune_form = {k: v for k, v in ticket.state.items() if k not in ticket.mask}
+    for name, keep in ticket.mask.items():
+        stem = name.removesuffix(".weight")
+        prune_form[f"{stem}.weight_orig"] = ticket.state[name].clone()
+        prune_form[f"{stem}.weight_mask"] = keep.float()
+    torch.save(prune_form, files.prune_form)
+    return files

@@ -1,0 +1,45 @@
+"""Small helpers for API tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+
+def upload(client: TestClient, url: str, path: Path | bytes, headers: dict, **fields) -> object:
+    content = path if isinstance(path, bytes) else path.read_bytes()
+    data = {k: v for k, v in fields.items() if v is not None}
+    return client.post(url, headers=headers, data=data,
+                       files={"model": ("model.bin", content, "application/octet-stream")})
+
+
+def register(client: TestClient, headers: dict, path: Path | bytes, *, arch: str = "lenet300_100",
+             dataset: str = "digits", name: str = "my ticket"):
+    return upload(client, "/v1/tickets", path, headers, arch=arch, dataset=dataset, name=name)
+
+
+def register_ok(client: TestClient, headers: dict, path: Path, **kwargs) -> dict:
+    response = register(client, headers, path, **kwargs)
+    assert response.status_code == 202, response.text
+    ticket = client.get(f"/v1/tickets/{response.json()['id']}", headers=headers).json()
+    assert ticket["status"] == "registered", ticket
+    return ticket
+
+
+def verify_ok(client: TestClient, headers: dict, path: Path, ticket_id: str | None = None) -> dict:
+    response = upload(client, "/v1/verifications", path, headers, ticket_id=ticket_id)
+    assert response.status_code == 202, response.text
+    result = client.get(f"/v1/verifications/{response.json()['id']}", headers=headers).json()
+    assert result["status"] == "completed", result
+    return result
+
+
+def assert_json_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]

@@ -1,0 +1,131 @@
+"""The local supervisor: one subprocess per job, SIGKILL recovery, cancellation, expired leases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from service.app import create_app
+from service.db import session_factory
+from service.jobs.executors import LocalSupervisor
+from service.models import Job, Ticket, utcnow
+from tests.helpers import register
+
+TIMEOUT = 90
+
+
+@pytest.fixture
+def local_settings(settings):
+    return settings.model_copy(update={"executor": "local", "lease_seconds": 3.0, "workers": 2})
+
+
+def _job(settings, job_id: str) -> Job:
+    with session_factory(settings.resolved_database_url)() as session:
+        return session.get(Job, job_id)
+
+
+def _wait_for(predicate, what: str):
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigkilled_worker_is_requeued_and_finishes(local_settings, alice, model_files):
+    with TestClient(create_app(local_settings)) as client:
+        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+        pid = _wait_for(lambda: _job(local_settings, job_id).worker_pid, "a worker process")
+        os.kill(pid, signal.SIGKILL)
+        job = _wait_for(lambda: (j := _job(local_settings, job_id)).status == "succeeded" and j, "success")
+        assert job.attempts == 2
+        assert client.get("/v1/tickets", headers=alice.headers).json()["tickets"][0]["status"] == "registered"
+
+
+def test_job_whose_worker_keeps_dying_fails_after_the_retry_limit(local_settings, alice, model_files):
+    settings = local_settings.model_copy(update={"max_attempts": 1})
+    with TestClient(create_app(settings)) as client:
+        response = register(client, alice.headers, model_files.ticket).json()
+        pid = _wait_for(lambda: _job(settings, response["job_id"]).worker_pid, "a worker process")
+        os.kill(pid, signal.SIGKILL)
+        job = _wait_for(lambda: (j := _job(settings, response["job_id"])).status == "failed" and j, "failure")
+        assert "gave up after 1 attempts" in job.error
+        ticket = client.get(f"/v1/tickets/{response['id']}", headers=alice.headers).json()
+        assert ticket["status"] == "failed"
+
+
+def test_cancel_kills_the_running_worker(local_settings, alice, model_files):
+    with TestClient(create_app(local_settings)) as client:
+        response = register(client, alice.headers, model_files.ticket).json()
+        pid = _wait_for(lambda: _job(local_settings, response["job_id"]).worker_pid, "a worker process")
+        cancelled = client.post(f"/v1/jobs/{response['job_id']}/cancel", headers=alice.headers)
+        assert cancelled.status_code == 200 and cancelled.json()["cancel_requested"] is True
+        _wait_for(lambda: _job(local_settings, response["job_id"]).status == "cancelled", "cancellation")
+        _wait_for(lambda: not _alive(pid), "the worker to be gone")
+        ticket = client.get(f"/v1/tickets/{response['id']}", headers=alice.headers).json()
+        assert ticket["status"] == "cancelled"
+        actions = [e["action"] for e in client.get("/v1/audit", headers=alice.headers).json()["events"]]
+        assert actions[-1] == "job.cancelled"
+
+
+def test_queued_job_cancels_at_once(settings, alice, model_files):
+    external = settings.model_copy(update={"executor": "external"})
+    with TestClient(create_app(external)) as client:
+        response = register(client, alice.headers, model_files.ticket).json()
+        job = client.post(f"/v1/jobs/{response['job_id']}/cancel", headers=alice.headers).json()
+        assert job["status"] == "cancelled"
+
+
+def test_expired_lease_of_a_dead_supervisor_is_requeued(settings, alice, model_files):
+    external = settings.model_copy(update={"executor": "external"})
+    with TestClient(create_app(external)) as client:
+        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+    with session_factory(settings.resolved_database_url)() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="running", attempts=1, lease_owner="dead-host:123/abc",
+            lease_expires_at=utcnow() - timedelta(seconds=5)))
+        session.commit()
+    supervisor = LocalSupervisor(settings.model_copy(update={"executor": "local"}), poll_interval=0.1)
+    supervisor.start()
+    try:
+        job = _wait_for(lambda: (j := _job(settings, job_id)).status == "succeeded" and j, "success")
+    finally:
+        supervisor.stop()
+    assert job.attempts == 2
+    with session_factory(settings.resolved_database_url)() as session:
+        assert session.query(Ticket).one().status == "registered"
+
+
+def test_killed_find_job_resumes_from_its_checkpoints(local_settings, alice):
+    body = {"arch": "lenet300_100", "dataset": "digits", "seed": 9,
+            "hyperparameters": {"rounds": 6, "rate": 0.5, "train": {"epochs": 4}}}
+    inline = local_settings.model_copy(update={"executor": "inline"})
+    with TestClient(create_app(inline)) as client:
+        reference_id = client.post("/v1/tickets/find", headers=alice.headers, json=body).json()["job_id"]
+        reference = client.get(f"/v1/jobs/{reference_id}", headers=alice.headers).json()["result"]
+    with TestClient(create_app(local_settings)) as client:
+        job_id = client.post("/v1/tickets/find", headers=alice.headers, json=body).json()["job_id"]
+        job = _wait_for(lambda: (j := _job(local_settings, job_id)).message.startswith("round ") and j,
+                        "a pruning round of the search")  # progress is throttled: any round will do
+        os.kill(job.worker_pid, signal.SIGKILL)
+        done = _wait_for(lambda: (j := _job(local_settings, job_id)).status == "succeeded" and j, "success")
+    assert done.attempts == 2
+    assert done.result["rounds"] == reference["rounds"]
+    assert done.result["ticket_sha256"] == reference["ticket_sha256"]
+    assert not (local_settings.data_dir / "checkpoints" / job_id).exists()

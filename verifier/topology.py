@@ -1,0 +1,128 @@
+"""The first verifier: mask-topology overlap between a ticket and a suspect, with a permutation p-value."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from verifier.masks import Mask, densities, magnitude_mask, mask_from_weights, overall_density
+
+DENSE_THRESHOLD = 0.99
+CHUNK = 2000
+
+
+@dataclass
+class LayerEvidence:
+    """One layer's share of the evidence: densities, Jaccard, observed and expected overlap."""
+
+    name: str
+    ticket_density: float
+    suspect_density: float
+    jaccard: float
+    overlap: int
+    expected_overlap: float
+
+
+@dataclass
+class TopologyResult:
+    """Outcome of `compare_topology`; `to_dict()` gives plain JSON types."""
+
+    p_value: float
+    z: float
+    p_normal: float
+    observed_overlap: int
+    expected_overlap: float
+    jaccard: float
+    suspect_dense: bool
+    estimated_layers: list[str]
+    permutations: int
+    layers: list[LayerEvidence]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _unit_overlaps(ticket: torch.Tensor, suspect: torch.Tensor, axis: int) -> np.ndarray:
+    """C[i, j] = |ticket unit i AND suspect unit j| for the units along `axis`."""
+    t = ticket.movedim(axis, 0).reshape(ticket.shape[axis], -1).double()
+    s = suspect.movedim(axis, 0).reshape(suspect.shape[axis], -1).double()
+    return (t @ s.T).numpy()
+
+
+def _null_overlaps(counts: list[np.ndarray], permutations: int, rng: np.random.Generator) -> np.ndarray:
+    """Total overlap under independent uniform permutations of each layer's suspect units."""
+    total = np.zeros(permutations)
+    for c in counts:
+        n = c.shape[0]
+        rows = np.arange(n)
+        for start in range(0, permutations, CHUNK):
+            size = min(CHUNK, permutations - start)
+            perms = np.argsort(rng.random((size, n)), axis=1)
+            total[start:start + size] += c[rows, perms].sum(axis=1)
+    return total
+
+
+def compare_topology(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor], *,
+                     hidden_axes: dict[str, int], suspect_mask: Mask | None = None,
+                     permutations: int = 9999, seed: int = 0) -> TopologyResult:
+    """Test whether the suspect's mask overlaps the ticket's more than an independent network's would.
+
+    Statistic: total overlap of kept weights over the ticket's layers. Null: an independently trained
+    network's hidden units have no identity, so each layer's suspect mask is permuted along its
+    hidden axis; this keeps the suspect's own structure (dead inputs, unit densities) that a
+    uniform-random null ignores.
+
+    Without an explicit `suspect_mask`, the mask is the suspect's nonzeros, except in layers where
+    the suspect keeps more weights than the ticket (a dense model, or weights added back): there it
+    is estimated as the suspect's largest weights at the ticket's density. The estimate depends on
+    the suspect and the densities only, so the null stays valid.
+    """
+    if permutations < 1:
+        raise ValueError("permutations must be at least 1")
+    names = list(ticket_mask)
+    estimated: list[str] = []
+    if suspect_mask is None:
+        nonzero = mask_from_weights(suspect_weights, names)
+        dense = overall_density(nonzero) >= DENSE_THRESHOLD
+        ticket_counts = {name: int(ticket_mask[name].sum()) for name in names}
+        estimated = [name for name in names if int(nonzero[name].sum()) > ticket_counts[name]]
+        suspect_mask = dict(nonzero)
+        suspect_mask.update(magnitude_mask(suspect_weights,
+                                           {n: densities(ticket_mask)[n] for n in estimated}))
+    else:
+        dense = overall_density(suspect_mask) >= DENSE_THRESHOLD
+    counts, layers = [], []
+    for name in names:
+        t, s = ticket_mask[name].cpu().bool(), suspect_mask[name].cpu().bool()
+        c = _unit_overlaps(t, s, hidden_axes[name])
+        counts.append(c)
+        overlap, union = int((t & s).sum()), int((t | s).sum())
+        layers.append(LayerEvidence(name, float(t.float().mean()), float(s.float().mean()),
+                                    overlap / union if union else 0.0, overlap, float(c.sum() / c.shape[0])))
+    observed = sum(layer.overlap for layer in layers)
+    null = _null_overlaps(counts, permutations, np.random.default_rng(seed))
+    mean, std = float(null.mean()), float(null.std())
+    z = (observed - mean) / std if std > 0 else (0.0 if observed == mean else float("inf"))
+    union = sum(int((ticket_mask[n].bool() | suspect_mask[n].bool()).sum()) for n in names)
+    return TopologyResult(
+        p_value=(1 + int((null >= observed).sum())) / (1 + permutations), z=float(z),
+        p_normal=float(norm.sf(z)), observed_overlap=observed,
+        expected_overlap=float(sum(layer.expected_overlap for layer in layers)),
+        jaccard=observed / union if union else 0.0, suspect_dense=dense, estimated_layers=estimated,
+        permutations=permutations,
+        layers=layers)
+
+
+def verdict(p_value: float, *, alpha: float = 1e-3, inconclusive_below: float = 1e-2) -> str:
+    """`match` at p <= alpha, `inconclusive` below `inconclusive_below`, else `no_match`."""
+    if p_value <= alpha:
+        return "match"
+    return "inconclusive" if p_value < inconclusive_below else "no_match"
+
+
+def bonferroni(p_value: float, tests: int) -> float:
+    """Family-wise correction for comparing a suspect against `tests` tickets: min(1, p * tests)."""
+    return min(1.0, p_value * max(1, tests))
