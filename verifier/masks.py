@@ -91,15 +91,14 @@ def random_mask(shapes: dict[str, torch.Size], layer_densities: dict[str, float]
             for name, d in layer_densities.items()}
 
 
-def pack_mask(mask: Mask) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Bit-pack each layer (numpy.packbits); shapes go into string metadata."""
+def pack_mask(mask: Mask) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Bit-pack each layer (numpy.packbits); returns the packed tensors and each layer's shape."""
     tensors = {name: torch.from_numpy(np.packbits(keep.cpu().numpy().ravel())) for name, keep in mask.items()}
-    return tensors, {"shapes": json.dumps({name: list(keep.shape) for name, keep in mask.items()})}
+    return tensors, {name: list(keep.shape) for name, keep in mask.items()}
 
 
-def unpack_mask(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Mask:
+def unpack_mask(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> Mask:
     """Inverse of `pack_mask`: exact boolean tensors in their recorded shapes."""
-    shapes = json.loads(metadata["shapes"])
     mask = {}
     for name, shape in shapes.items():
         count = int(np.prod(shape))
@@ -109,13 +108,14 @@ def unpack_mask(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> M
 
 
 def save_mask(mask: Mask, path: str | Path) -> None:
-    """Write a bit-packed mask as safetensors (shapes in the metadata)."""
-    tensors, metadata = pack_mask(mask)
-    save_file(tensors, str(path), metadata=metadata)
+    """Write a bit-packed mask as safetensors (shapes in the metadata's one key, so the bytes are
+    reproducible: safetensors orders several metadata keys differently from run to run)."""
+    tensors, shapes = pack_mask(mask)
+    save_file(tensors, str(path), metadata={"shapes": json.dumps(shapes)})
 
 
 def load_mask(path: str | Path) -> Mask:
     """Read a mask written by `save_mask`."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
-    return unpack_mask(load_file(str(path)), metadata)
+    return unpack_mask(load_file(str(path)), json.loads(metadata["shapes"]))

@@ -70,6 +70,11 @@ def test_pruned_weights_stay_zero_and_ticket_round_trips(digits, tmp_path):
     assert all(loaded.mask[n].equal(ticket.mask[n]) for n in ticket.mask)
     assert all(loaded.rewind[n].equal(ticket.rewind[n]) for n in ticket.rewind)
     assert loaded.hyperparameters["train"]["epochs"] == 2
+    # the same ticket gives the same bytes every time (its SHA-256 is its identity in the store)
+    for index in range(8):
+        save_ticket(loaded, tmp_path / f"copy{index}.safetensors")
+    assert {(tmp_path / f"copy{c}.safetensors").read_bytes() for c in range(8)} == {
+        (tmp_path / "t.safetensors").read_bytes()}
 
 
 def test_controls_keep_the_ticket_densities(digits):

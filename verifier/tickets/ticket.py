@@ -43,12 +43,15 @@ class Ticket:
 
 
 def save_ticket(ticket: Ticket, path: str | Path) -> None:
-    """One safetensors file: trained weights, rewind weights, bit-packed mask; metadata as JSON."""
-    packed, mask_meta = pack_mask(ticket.mask)
+    """One safetensors file: trained weights, rewind weights, bit-packed mask; metadata as JSON.
+
+    The metadata is one key, so the same ticket always gives the same bytes (and SHA-256):
+    safetensors writes several metadata keys in an order that changes from run to run."""
+    packed, shapes = pack_mask(ticket.mask)
     tensors = {STATE + k: v.detach().cpu().contiguous() for k, v in ticket.state.items()}
     tensors |= {REWIND + k: v.detach().cpu().contiguous() for k, v in ticket.rewind.items()}
     tensors |= {MASK + k: v for k, v in packed.items()}
-    save_file(tensors, str(path), metadata={"ticket": json.dumps(ticket.metadata()), **mask_meta})
+    save_file(tensors, str(path), metadata={"ticket": json.dumps({**ticket.metadata(), "mask_shapes": shapes})})
 
 
 def load_ticket(path: str | Path) -> Ticket:
@@ -61,6 +64,6 @@ def load_ticket(path: str | Path) -> Ticket:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     return Ticket(arch=info["arch"], dataset=info["dataset"], seed=info["seed"], state=part(STATE),
-                  rewind=part(REWIND), mask=unpack_mask(part(MASK), metadata), accuracy=info["accuracy"],
+                  rewind=part(REWIND), mask=unpack_mask(part(MASK), info["mask_shapes"]), accuracy=info["accuracy"],
                   dense_accuracy=info["dense_accuracy"], rounds=info["rounds"], method=info["method"],
                   hyperparameters=info["hyperparameters"])
