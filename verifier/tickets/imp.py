@@ -92,7 +92,7 @@ def find_imp_ticket(arch: str, dataset: Dataset, *, seed: int, config: ImpConfig
         model.load_state_dict(best_state)
         report(min(0.99, (round_index + 1) / (planned + 1)), f"resumed after round {round_index}")
     else:
-        rewind = _train_dense(model, dataset, config, seed, files) or init
+        rewind = _train_dense(model, dataset, config, seed, files, report, planned) or init
         dense_accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         history = [{"round": 0, "density": 1.0, "accuracy": dense_accuracy, "rate": 0.0, "kept": True}]
         report(1 / (planned + 1), f"dense accuracy {dense_accuracy:.4f}")
@@ -114,7 +114,8 @@ def find_imp_ticket(arch: str, dataset: Dataset, *, seed: int, config: ImpConfig
         candidate = _prune(dict(model.named_parameters()), mask, rate, config.scope)
         model.load_state_dict(rewind)
         train(model, dataset.x_train, dataset.y_train, config=config.train, seed=seed * 1000 + round_index,
-              mask=candidate, checkpoint=files.training if files else None)
+              mask=candidate, checkpoint=files.training(round_index) if files else None,
+              progress=_epoch_reporter(report, round_index, planned, config.train.epochs))
         accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         kept = not config.extreme or accuracy >= dense_accuracy - config.eps
         history.append({"round": round_index, "density": overall_density(candidate), "accuracy": accuracy,
@@ -143,11 +144,17 @@ def find_imp_ticket(arch: str, dataset: Dataset, *, seed: int, config: ImpConfig
 
 
 class _CheckpointFiles:
-    """Where a resumable search keeps its state: the search (per round), training (per epoch), rewind."""
+    """Where a resumable search keeps its state: the search (per round), training (per epoch), rewind.
+
+    Training checkpoints are named by round, so one left behind by a crash between saving the
+    search and removing it can never be mistaken for the next round's."""
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.search, self.training, self.rewind = root / "imp.pt", root / "train.pt", root / "rewind.pt"
+        self.root, self.search, self.rewind = root, root / "imp.pt", root / "rewind.pt"
+
+    def training(self, round_index: int) -> Path:
+        return self.root / f"train-{round_index}.pt"
 
     def load_search(self) -> dict | None:
         if not self.search.exists():
@@ -157,10 +164,10 @@ class _CheckpointFiles:
     def save_search(self, rewind, mask, best_state, history, rate_index: int, round_index: int) -> None:
         _atomic_save({"rewind": rewind, "mask": mask, "best_state": best_state, "history": history,
                       "rate_index": rate_index, "round_index": round_index}, self.search)
-        self.training.unlink(missing_ok=True)
+        self.training(round_index).unlink(missing_ok=True)
 
     def clear(self) -> None:
-        for path in (self.search, self.training, self.rewind):
+        for path in (self.search, self.rewind, *self.root.glob("train-*.pt"), *self.root.glob("*.tmp")):
             path.unlink(missing_ok=True)
 
 
@@ -170,12 +177,23 @@ def _atomic_save(value, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _train_dense(model, dataset: Dataset, config: ImpConfig, seed: int,
-                 files: _CheckpointFiles | None) -> dict[str, torch.Tensor] | None:
+def _epoch_reporter(report: Progress, round_index: int, planned: int, epochs: int) -> Callable[[int, float], None]:
+    """Training progress inside round `round_index` of `planned` (round 0 trains the dense network)."""
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        fraction = (round_index + (epoch + 1) / max(1, epochs)) / (planned + 1)
+        report(min(0.99, fraction), f"round {round_index}: epoch {epoch + 1}/{epochs}, loss {loss:.4f}")
+
+    return on_epoch
+
+
+def _train_dense(model, dataset: Dataset, config: ImpConfig, seed: int, files: _CheckpointFiles | None,
+                 report: Progress, planned: int) -> dict[str, torch.Tensor] | None:
     """Train the dense network; returns the weights after `rewind_iteration` steps (LTR), if asked."""
     if not config.rewind_iteration:
         train(model, dataset.x_train, dataset.y_train, config=config.train, seed=seed * 1000,
-              checkpoint=files.training if files else None)
+              checkpoint=files.training(0) if files else None, progress=_epoch_reporter(report, 0, planned,
+                                                                                       config.train.epochs))
         return None
     captured: dict[str, torch.Tensor] = {}
     if files and files.rewind.exists():
@@ -188,7 +206,8 @@ def _train_dense(model, dataset: Dataset, config: ImpConfig, seed: int,
                 _atomic_save(captured, files.rewind)
 
     train(model, dataset.x_train, dataset.y_train, config=config.train, seed=seed * 1000, on_step=capture,
-          checkpoint=files.training if files else None)
+          checkpoint=files.training(0) if files else None,
+          progress=_epoch_reporter(report, 0, planned, config.train.epochs))
     if not captured:
         raise ValueError(f"rewind_iteration {config.rewind_iteration} is past the end of training")
     return captured
