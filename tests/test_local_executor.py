@@ -114,18 +114,21 @@ def test_expired_lease_of_a_dead_supervisor_is_requeued(settings, alice, model_f
 
 def test_killed_find_job_resumes_from_its_checkpoints(local_settings, alice):
     body = {"arch": "lenet300_100", "dataset": "digits", "seed": 9,
-            "hyperparameters": {"rounds": 6, "rate": 0.5, "train": {"epochs": 4}}}
+            "hyperparameters": {"rounds": 3, "rate": 0.5, "train": {"epochs": 12}}}
     inline = local_settings.model_copy(update={"executor": "inline"})
     with TestClient(create_app(inline)) as client:
         reference_id = client.post("/v1/tickets/find", headers=alice.headers, json=body).json()["job_id"]
         reference = client.get(f"/v1/jobs/{reference_id}", headers=alice.headers).json()["result"]
     with TestClient(create_app(local_settings)) as client:
         job_id = client.post("/v1/tickets/find", headers=alice.headers, json=body).json()["job_id"]
-        job = _wait_for(lambda: (j := _job(local_settings, job_id)).message.startswith("round ") and j,
-                        "a pruning round of the search")  # progress is throttled: any round will do
-        os.kill(job.worker_pid, signal.SIGKILL)
+        checkpoints = local_settings.data_dir / "checkpoints" / job_id
+        # kill in the middle of a pruning round: the search state of an earlier round is saved and
+        # the round's own training checkpoint (written after each epoch) exists
+        _wait_for(lambda: (checkpoints / "imp.pt").exists() and any(checkpoints.glob("train-[1-9]*.pt")),
+                  "a pruning round with a training checkpoint")
+        os.kill(_job(local_settings, job_id).worker_pid, signal.SIGKILL)
         done = _wait_for(lambda: (j := _job(local_settings, job_id)).status == "succeeded" and j, "success")
     assert done.attempts == 2
     assert done.result["rounds"] == reference["rounds"]
     assert done.result["ticket_sha256"] == reference["ticket_sha256"]
-    assert not (local_settings.data_dir / "checkpoints" / job_id).exists()
+    assert not checkpoints.exists()
