@@ -26,6 +26,16 @@ def apply_mask(model: nn.Module, mask: Mask) -> None:
         parameters[name].mul_(keep.to(parameters[name].device, parameters[name].dtype))
 
 
+def connectivity_map(keep: torch.Tensor) -> torch.Tensor:
+    """A layer's kernel-connectivity map: for a conv weight (out, in, kh, kw) the (out, in) map that is
+    True where any weight of the kernel is kept; for a linear weight the mask itself."""
+    if keep.dim() == 4:
+        return keep.bool().flatten(2).any(2)
+    if keep.dim() == 2:
+        return keep.bool()
+    raise ValueError(f"no connectivity map for a {keep.dim()}-D weight")
+
+
 def densities(mask: Mask) -> dict[str, float]:
     """Fraction of weights kept, per layer."""
     return {name: float(keep.float().mean()) for name, keep in mask.items()}
