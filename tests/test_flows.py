@@ -43,6 +43,19 @@ def test_stolen_copy_matches_without_ticket_id_and_reveals_only_the_claim(client
     assert alice.key not in text and "mask_sha256" not in text and "model_sha256" not in text
 
 
+def test_search_over_many_tickets_still_matches_past_the_permutations_resolution(client, alice, bob, model_files):
+    # 999 permutations resolve p down to 1e-3; a correction over 12 candidates needs far less
+    ticket = register_ok(client, alice.headers, model_files.ticket)
+    for index in range(11):
+        register_ok(client, bob.headers, model_files.independent, name=f"other {index}")
+    result = verify_ok(client, bob.headers, model_files.stolen)
+    assert result["evidence"]["candidates_compared"] == 12
+    assert result["verdict"] == "match" and result["ticket_id"] == ticket["id"], result
+    assert result["p_value"] <= 1e-3 / 12
+    innocent = verify_ok(client, bob.headers, model_files.dense)
+    assert innocent["verdict"] == "no_match"
+
+
 def test_independent_ticket_is_no_match(client, alice, model_files):
     ticket = register_ok(client, alice.headers, model_files.ticket)
     result = verify_ok(client, alice.headers, model_files.independent, ticket_id=ticket["id"])

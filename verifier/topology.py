@@ -30,7 +30,8 @@ class LayerEvidence:
 class TopologyResult:
     """Outcome of `compare_topology`; `to_dict()` gives plain JSON types."""
 
-    p_value: float
+    p_value: float  # the permutation p, or the normal tail past the permutations' resolution
+    p_permutation: float
     z: float
     p_normal: float
     observed_overlap: int
@@ -107,13 +108,32 @@ def compare_topology(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor]
     mean, std = float(null.mean()), float(null.std())
     z = (observed - mean) / std if std > 0 else (0.0 if observed == mean else float("inf"))
     union = sum(int((ticket_mask[n].bool() | suspect_mask[n].bool()).sum()) for n in names)
+    p_permutation, p_normal = permutation_p(null, observed), float(norm.sf(z))
     return TopologyResult(
-        p_value=(1 + int((null >= observed).sum())) / (1 + permutations), z=float(z),
-        p_normal=float(norm.sf(z)), observed_overlap=observed,
+        p_value=decision_p(p_permutation, p_normal, exceeded=bool((null >= observed).any())),
+        p_permutation=p_permutation, z=float(z), p_normal=p_normal, observed_overlap=observed,
         expected_overlap=float(sum(layer.expected_overlap for layer in layers)),
         jaccard=observed / union if union else 0.0, suspect_dense=dense, estimated_layers=estimated,
         permutations=permutations,
         layers=layers)
+
+
+def permutation_p(null: np.ndarray, observed: float) -> float:
+    """(1 + #null >= observed) / (1 + len(null)): exact for a permutation null, floored at 1/(1+len)."""
+    return (1 + int((null >= observed).sum())) / (1 + len(null))
+
+
+P_FLOOR = 1e-300  # the normal tail underflows to 0 far out; a p-value of exactly 0 would claim too much
+
+
+def decision_p(p_permutation: float, p_normal: float, *, exceeded: bool) -> float:
+    """The p-value a verdict uses: the permutation p where some permutation reached the observed
+    statistic; past the permutations' resolution (none did, so p < 1/(1+P) is all they say) the
+    normal tail of the same null (mean and spread of the permutations), never above the floor.
+    Without this, a correction over N candidates could never reach alpha once N/(1+P) > alpha."""
+    if exceeded:
+        return p_permutation
+    return max(P_FLOOR, min(p_permutation, p_normal))
 
 
 def verdict(p_value: float, *, alpha: float = 1e-3, inconclusive_below: float = 1e-2) -> str:

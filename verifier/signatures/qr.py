@@ -24,6 +24,7 @@ from scipy.stats import norm
 
 from verifier.errors import VerifierError
 from verifier.masks import Mask, connectivity_map, count_kept
+from verifier.topology import decision_p, permutation_p
 
 PAYLOAD_PREFIX = "TG1:"
 ERROR_LEVELS = ("L", "M", "Q", "H")
@@ -296,7 +297,8 @@ class ModuleTest:
 
     matched: int
     data_modules: int
-    p_value: float
+    p_value: float  # as in verifier.topology.decision_p
+    p_permutation: float
     z: float
     p_normal: float
     null_mean: float
@@ -312,7 +314,7 @@ def module_test(mask: Mask, code: QrCode, placement: Placement, *, permutations:
                 seed: int = 0) -> ModuleTest:
     """Count the window's data modules that match the code; p-value against windows cut from random
     row and column permutations of the suspect's own map (which keeps its density and per-channel
-    structure), p = (1 + #null >= observed) / (1 + permutations)."""
+    structure); the p-value is `verifier.topology.decision_p` of that null."""
     window = read_window(mask, code, placement)
     data, want = code.data, code.connected
     observed = int(((window == want) & data).sum())
@@ -329,8 +331,10 @@ def module_test(mask: Mask, code: QrCode, placement: Placement, *, permutations:
         null[start:start + count] = ((windows == want) & data).sum(axis=(1, 2))
     mean, std = float(null.mean()), float(null.std(ddof=1)) if permutations > 1 else 0.0
     z = (observed - mean) / std if std > 0 else (0.0 if observed == mean else float("inf"))
-    p_value = (1 + int((null >= observed).sum())) / (1 + permutations)
-    return ModuleTest(observed, int(data.sum()), p_value, float(z), float(norm.sf(z)), mean, std, permutations)
+    p_permutation, p_normal = permutation_p(null, observed), float(norm.sf(z))
+    p_value = decision_p(p_permutation, p_normal, exceeded=bool((null >= observed).any()))
+    return ModuleTest(observed, int(data.sum()), p_value, p_permutation, float(z), p_normal, mean, std,
+                      permutations)
 
 
 def render_window(window: np.ndarray, code: QrCode, *, scale: int = 4, quiet: int = 4) -> np.ndarray:
