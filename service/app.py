@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -14,7 +17,8 @@ from service.audit.endpoints import router as audit_router
 from service.config import Settings, get_settings
 from service.datasets.endpoints import router as datasets_router
 from service.db import session_factory
-from service.errors import install_error_handlers
+from service.deps import authenticate
+from service.errors import APIError, error_body, install_error_handlers
 from service.finding.endpoints import router as finding_router
 from service.jobs.endpoints import router as jobs_router
 from service.jobs.executors import Executor, make_executor
@@ -24,21 +28,34 @@ from service.tickets.endpoints import router as tickets_router
 from service.verifications.endpoints import router as verifications_router
 
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file
+JSON_BODY_BYTES = 1024 * 1024  # the cap for any body that is not a multipart upload
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class BodyLimit:
-    """Refuse request bodies past the upload cap while they stream (413), whatever Content-Length says."""
+class RequestGate:
+    """Before a request body is read: on /v1 the API key is checked (401), then the body is capped
+    while it streams (413), whatever Content-Length says: the upload cap for multipart forms, 1 MiB
+    for anything else. So a client without a valid key cannot make the server spool a byte."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes + MULTIPART_SLACK
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+        self.app, self.upload_limit = app, max_upload_bytes + MULTIPART_SLACK
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_413(send, self.max_bytes)
+        headers = dict(scope.get("headers") or [])
+        if scope["path"].startswith("/v1/"):
+            header = headers.get(b"authorization", b"").decode("latin-1")
+            refusal = await anyio.to_thread.run_sync(_auth_refusal, scope["app"], header)
+            if refusal is not None:
+                await _send_error(send, *refusal)
+                return
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        limit = self.upload_limit if multipart else JSON_BODY_BYTES
+        declared = headers.get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            await _send_error(send, 413, "payload_too_large", f"request body exceeds {limit} bytes")
             return
         seen = 0
 
@@ -46,29 +63,46 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 # FastAPI re-raises HTTPExceptions met while parsing a form; others become 400s.
-                raise HTTPException(413, f"request body exceeds {self.max_bytes} bytes")
+                raise HTTPException(413, f"request body exceeds {limit} bytes")
             return message
 
         await self.app(scope, limited, send)
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = b'{"error":{"code":"payload_too_large","message":"request body exceeds %d bytes"}}' % limit
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+def _auth_refusal(app: FastAPI, header: str) -> tuple[int, str, str] | None:
+    """Why the key in `header` is refused (status, code, message), or None when it is valid."""
+    try:
+        with app.state.sessionmaker() as session:
+            authenticate(session, app.state.settings.secret(), header)
+    except APIError as exc:
+        return exc.status, exc.code, exc.message
+    except OperationalError:
+        return 503, "database_unavailable", "the database is unavailable; retry later"
+    return None
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps(error_body(code, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    if status == 503:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def prepare_database(settings: Settings) -> None:
-    """Migrate the embedded SQLite by itself; refuse an external database that is behind the code."""
+    """Migrate the embedded SQLite by itself; refuse an external database that is behind the code, and
+    (SystemExit, one line) any database that is unreachable or newer than the code."""
     url = settings.resolved_database_url
     if settings.is_embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(url)
     elif not schema_is_current(url):
-        raise SystemExit(f"the database at {settings.database_url} is not at the current schema; "
+        from service.migrate import display_url
+
+        raise SystemExit(f"the database at {display_url(url)} is not at the current schema; "
                          "run `ticketguard migrate` first")
 
 
@@ -95,7 +129,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.state.store = ArtifactStore(settings.resolved_artifact_dir)
     app.state.executor = executor
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestGate, max_upload_bytes=settings.max_upload_bytes)
     for router in (owners_router, datasets_router, finding_router, tickets_router, verifications_router,
                    jobs_router, audit_router):
         app.include_router(router)

@@ -41,12 +41,12 @@ DbSession = Annotated[Session, Depends(get_session)]
 Store = Annotated[ArtifactStore, Depends(get_store)]
 
 
-def get_current_owner(request: Request, session: DbSession, settings: SettingsDep) -> Owner:
-    header = request.headers.get("authorization", "")
+def authenticate(session: Session, secret: bytes, header: str) -> Owner:
+    """The owner of the API key in an `Authorization` header value; 401 for a missing or bad key."""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise APIError(401, "unauthorized", "send your API key as `Authorization: Bearer tg_...`")
-    digest = hash_api_key(settings.secret(), key.strip())
+    digest = hash_api_key(secret, key.strip())
     owner = session.execute(
         select(Owner).join(ApiKey, ApiKey.owner_id == Owner.id)
         .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
@@ -54,6 +54,10 @@ def get_current_owner(request: Request, session: DbSession, settings: SettingsDe
     if owner is None:
         raise APIError(401, "unauthorized", "invalid or revoked API key")
     return owner
+
+
+def get_current_owner(request: Request, session: DbSession, settings: SettingsDep) -> Owner:
+    return authenticate(session, settings.secret(), request.headers.get("authorization", ""))
 
 
 CurrentOwner = Annotated[Owner, Depends(get_current_owner)]
