@@ -229,10 +229,11 @@ class ArchSpec:
     build: Callable[[tuple[int, ...], int], nn.Module]
     prunable: Callable[[nn.Module], list[str]]
     last_layer: str | None  # a prunable layer whose outputs are classes, not hidden units
+    input_layer: str | None = None  # a prunable layer whose inputs are the network's input pixels
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "lenet300_100": ArchSpec("lenet300_100", LeNet300100, _all_weights, "fc3.weight"),
+    "lenet300_100": ArchSpec("lenet300_100", LeNet300100, _all_weights, "fc3.weight", "fc1.weight"),
     "resnet20": ArchSpec("resnet20", CifarResNet, _convs_but_stem, None),
     "conv4": ArchSpec("conv4", Conv4, _conv4_prunable, None),
     "resnet18": ArchSpec("resnet18", resnet18, _convs_but_stem, None),
@@ -265,3 +266,10 @@ def prunable_parameters(arch: str, model: nn.Module) -> list[str]:
 def hidden_axis(arch: str, param_name: str) -> int:
     """Axis of a prunable weight indexed by hidden units (no identity across independent training)."""
     return 1 if param_name == _spec(arch).last_layer else 0
+
+
+def permutable_axes(arch: str, param_name: str) -> tuple[bool, bool]:
+    """Whether a prunable weight's rows (outputs) and columns (inputs) can be permuted without changing
+    the network's function: not the class outputs, not the input pixels."""
+    spec = _spec(arch)
+    return param_name != spec.last_layer, param_name != spec.input_layer

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from verifier.align import Alignment
 from verifier.errors import VerifierError
 from verifier.masks import Mask, connectivity_map, count_kept
 from verifier.topology import decision_p, permutation_p
@@ -279,12 +280,19 @@ def _prune_smallest(keep: Mask, weights: dict[str, torch.Tensor], count: int, fr
     return removed
 
 
-def read_window(mask: Mask, code: QrCode, placement: Placement) -> np.ndarray:
-    """The suspect's connectivity in the code's window (True = connected); a VerifierError when the
-    suspect lacks the layer or the layer is too small."""
+def layer_map(mask: Mask, placement: Placement, alignment: Alignment | None = None) -> np.ndarray:
+    """The suspect's connectivity map of the signature layer, in the ticket's channel order when an
+    `alignment` (from `verifier.align.align_layer`) is given; a VerifierError without the layer."""
     if placement.layer not in mask:
         raise VerifierError(f"the suspect has no layer {placement.layer!r}", code="invalid_model")
     map_ = connectivity_map(mask[placement.layer]).numpy()
+    return map_[alignment.rows][:, alignment.cols] if alignment is not None else map_
+
+
+def read_window(mask: Mask, code: QrCode, placement: Placement, alignment: Alignment | None = None) -> np.ndarray:
+    """The suspect's connectivity in the code's window (True = connected); a VerifierError when the
+    suspect lacks the layer or the layer is too small."""
+    map_ = layer_map(mask, placement, alignment)
     window = map_[placement.row:placement.row + code.size, placement.col:placement.col + code.size]
     if window.shape != code.dark.shape:
         raise VerifierError(f"layer {placement.layer!r} is too small for the signature window", code="invalid_model")
@@ -310,15 +318,15 @@ class ModuleTest:
         return self.matched / self.data_modules
 
 
-def module_test(mask: Mask, code: QrCode, placement: Placement, *, permutations: int = 9999,
-                seed: int = 0) -> ModuleTest:
+def module_test(mask: Mask, code: QrCode, placement: Placement, *, alignment: Alignment | None = None,
+                permutations: int = 9999, seed: int = 0) -> ModuleTest:
     """Count the window's data modules that match the code; p-value against windows cut from random
     row and column permutations of the suspect's own map (which keeps its density and per-channel
     structure); the p-value is `verifier.topology.decision_p` of that null."""
-    window = read_window(mask, code, placement)
+    window = read_window(mask, code, placement, alignment)
     data, want = code.data, code.connected
     observed = int(((window == want) & data).sum())
-    full = connectivity_map(mask[placement.layer]).numpy()
+    full = layer_map(mask, placement)  # the null permutes rows and columns anyway
     rng = np.random.default_rng(seed)
     n = code.size
     null = np.empty(permutations, dtype=np.int64)

@@ -1,0 +1,95 @@
+"""Channel alignment: undo a function-preserving permutation of a layer's channels before comparing.
+
+Permuting a hidden layer's output channels (with its BatchNorm and the next layer's inputs) leaves a
+network's function unchanged and scrambles every position-based comparison, a QR window included.
+`align_layer` recovers the permutation of one layer's rows (output channels) and columns (input
+channels) against the registered ticket by assignment (scipy's linear_sum_assignment): first on
+permutation-invariant row and column profiles (each row's sorted magnitudes do not depend on how
+the columns are ordered), then by alternating elementwise matching of rows given the columns and
+columns given the rows, which is far sharper once one side is right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """`rows[i]` is the suspect row that matches ticket row i (likewise `cols`); `quality` is the mean
+    cosine similarity of matched rows after alignment (1 for an exact permuted copy, near 0 for an
+    unrelated layer)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    quality: float
+
+    @property
+    def identity(self) -> bool:
+        return bool((self.rows == np.arange(len(self.rows))).all() and (self.cols == np.arange(len(self.cols))).all())
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The suspect's tensor (rows, cols, ...) reordered into the ticket's channel order."""
+        return tensor[torch.from_numpy(self.rows)][:, torch.from_numpy(self.cols)]
+
+
+def _as_matrix(weight: torch.Tensor) -> np.ndarray:
+    """(out, in, k...) -> float64 (out, in, k) with the kernel flattened last."""
+    w = weight.detach().to(torch.float64).cpu()
+    return w.reshape(w.shape[0], w.shape[1], -1).numpy()
+
+
+def _profiles(w: np.ndarray, axis: int) -> np.ndarray:
+    """Per row (axis 0) or column (axis 1): its magnitudes sorted, invariant to the other axis' order."""
+    moved = np.moveaxis(np.abs(w), axis, 0).reshape(w.shape[axis], -1)
+    return np.sort(moved, axis=1)[:, ::-1]
+
+
+def _assign(similarity: np.ndarray) -> np.ndarray:
+    """perm[i] = the suspect index assigned to ticket index i, maximising total similarity."""
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    perm = np.empty(similarity.shape[0], dtype=np.int64)
+    perm[rows] = cols
+    return perm
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity between every row of a and every row of b."""
+    an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return an @ bn.T
+
+
+def align_layer(ticket_weight: torch.Tensor, suspect_weight: torch.Tensor, *, iterations: int = 4,
+                align_rows: bool = True, align_cols: bool = True) -> Alignment:
+    """Recover the suspect's row and column permutations of one conv or linear weight against the ticket's.
+
+    A side that cannot be permuted (the network's input pixels, its class outputs) is held fixed with
+    `align_rows=False` or `align_cols=False`. The ticket's and the suspect's weights must have the
+    same shape; pruned weights are zeros in either.
+    """
+    if ticket_weight.shape != suspect_weight.shape:
+        raise ValueError(f"shapes differ: ticket {tuple(ticket_weight.shape)}, suspect {tuple(suspect_weight.shape)}")
+    t, s = _as_matrix(ticket_weight), _as_matrix(suspect_weight)
+    out_channels, in_channels = t.shape[:2]
+    rows, cols = np.arange(out_channels), np.arange(in_channels)
+    if align_rows:
+        rows = _assign(_cosine(_profiles(t, 0), _profiles(s, 0)))
+    if align_cols:
+        cols = _assign(_cosine(_profiles(t, 1), _profiles(s, 1)))
+    for _ in range(iterations):
+        previous = (rows.copy(), cols.copy())
+        if align_cols:  # columns given rows: compare each column over the matched rows
+            by_col = np.moveaxis(s[rows], 1, 0).reshape(in_channels, -1)
+            cols = _assign(_cosine(np.moveaxis(t, 1, 0).reshape(in_channels, -1), by_col))
+        if align_rows:  # rows given columns
+            rows = _assign(_cosine(t.reshape(out_channels, -1), s[:, cols].reshape(out_channels, -1)))
+        if np.array_equal(previous[0], rows) and np.array_equal(previous[1], cols):
+            break
+    aligned = s[rows][:, cols].reshape(out_channels, -1)
+    quality = float(np.diag(_cosine(t.reshape(out_channels, -1), aligned)).mean())
+    return Alignment(rows=rows, cols=cols, quality=quality)
