@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -52,17 +54,31 @@ class Settings(BaseSettings):
         return self.database_url is None
 
     def secret(self) -> bytes:
-        """The server secret; generated once into DATA_DIR/secret.key (mode 0600) when unset."""
+        """The server secret; generated once into DATA_DIR/secret.key (mode 0600) when unset.
+
+        The key is written to a temporary file and hard-linked into place, so processes starting
+        together agree on one key and never read a half-written file; an empty key file is refused.
+        """
         if self.secret_key:
             return self.secret_key.encode()
         path = self.data_dir / "secret.key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            value = secrets.token_hex(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(value)
-        return path.read_text().strip().encode()
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=".secret-", dir=self.data_dir)
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(temporary, path)
+            finally:
+                os.unlink(temporary)
+        value = path.read_text().strip()
+        if not value:
+            raise RuntimeError(f"the secret file {path} is empty: restore it, or set TICKETGUARD_SECRET_KEY "
+                               "(a new secret invalidates every API key)")
+        return value.encode()
 
     def child_environment(self) -> dict[str, str]:
         """Environment that makes a worker subprocess see exactly these settings."""

@@ -53,6 +53,12 @@ def test_compose_services_commands_ports_and_volumes():
     assert set(compose["volumes"]) == {"pgdata", "artifacts"}
 
 
+def test_services_without_an_http_server_disable_the_image_healthcheck():
+    services = _compose()["services"]
+    for name in ("worker", "migrate"):
+        assert services[name]["healthcheck"] == {"disable": True}, name
+
+
 def test_compose_variables_have_a_default_or_an_error():
     text = (ROOT / "docker-compose.yml").read_text()
     for expression in re.findall(r"\$\{([^}]*)\}", text):
@@ -80,7 +86,9 @@ def test_dockerfile_base_user_port_healthcheck_and_command():
     command = [value for kind, value in instructions if kind == "CMD"][-1]
     assert json.loads(command)[:2] == ["ticketguard", "serve"]
     torch_install = next(value for kind, value in instructions if kind == "RUN" and "torch==" in value)
-    assert "${TORCH_INDEX}" in torch_install
+    assert "${TORCH_INDEX}" in torch_install and "torch==${TORCH_VERSION}" in torch_install
+    ci_torch = re.search(r"torch==([0-9][\w.+]*)", (ROOT / ".ci" / "run").read_text()).group(1)
+    assert args["TORCH_VERSION"] == ci_torch
     copies = " ".join(value for kind, value in instructions if kind == "COPY")
     assert ".ticketguard" not in copies
     assert ".ticketguard" in (ROOT / ".dockerignore").read_text()
