@@ -160,3 +160,42 @@ def test_no_eligible_layer_and_missing_layer_are_clear_errors(code):
     placement = choose_placement(mask, code)
     with pytest.raises(VerifierError, match="has no layer"):
         read_window({"other.weight": mask[placement.layer]}, code, placement)
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    """A strict little PNG reader for 8-bit gray/RGB images without filters: checks signature and CRCs."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, chunks = 8, {}
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
+        (crc,) = struct.unpack(">I", data[position + 8 + length:position + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks[kind] = chunks.get(kind, b"") + body
+        position += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert depth == 8 and colour in (0, 2) and b"IEND" in chunks
+    channels = 3 if colour == 2 else 1
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), dtype=np.uint8).reshape(height, 1 + width * channels)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(height, width, channels).squeeze()
+
+
+def test_evidence_images_are_valid_pngs_that_show_the_code(code):
+    import zxingcpp
+
+    from verifier.signatures.images import difference_png, expected_png, window_png
+
+    expected = _read_png(expected_png(code, scale=4))
+    assert expected.shape == ((29 + 8) * 4,) * 2
+    assert zxingcpp.read_barcodes(expected)[0].text == code.payload
+    mask, _, _ = _ticket("resnet20", 1)
+    window = read_window(mask, code, choose_placement(mask, code))
+    assert _read_png(window_png(window, code)).ndim == 2
+    difference = _read_png(difference_png(window, code, scale=2))
+    assert difference.shape == ((29 + 8) * 2, (29 + 8) * 2, 3)
+    wrong = (window != code.connected) & code.data
+    assert len(np.unique(difference.reshape(-1, 3), axis=0)) >= 4 and wrong.any()
