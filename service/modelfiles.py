@@ -42,6 +42,9 @@ def fit_to_template(weights: dict[str, torch.Tensor], masks: Mask, *, template: 
     weights = dict(weights)
     for name, tensor in template.items():
         weights[name] = weights[name].to(tensor.dtype) if name in weights else tensor.clone()
+        if tensor.is_floating_point() and not bool(torch.isfinite(weights[name]).all()):
+            raise CheckpointError(f"tensor {name!r} holds values outside the range of {tensor.dtype}",
+                                  code="invalid_model")
     prunable = prunable_parameters(arch, build_model(arch, *spec))
     mask = {name: masks[name] if name in masks else mask_from_weights(weights, [name])[name]
             for name in prunable}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
-from sqlalchemy import text
+from fastapi.testclient import TestClient
+from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
+from service.app import create_app
+from service.audit.chain import GENESIS, link_hash
 from service.cli import app as cli_app
-from service.db import get_engine
-from tests.helpers import register_ok
+from service.db import get_engine, session_factory
+from service.models import Job
+from tests.helpers import register, register_ok
 
 
 def _tamper(url: str, sql: str) -> None:
@@ -31,6 +37,32 @@ def test_database_refuses_update_and_delete(settings, alice, sql):
     engine = get_engine(settings.resolved_database_url)
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
         connection.execute(text(sql))
+
+
+def test_hashes_recompute_from_the_api_json_alone(client, alice, admin, model_files):
+    register_ok(client, alice.headers, model_files.ticket)
+    events = client.get("/v1/audit", headers=admin.headers).json()["events"]
+    assert any(e["owner_id"] == alice.id for e in events) and any(e["ticket_id"] for e in events)
+    prev_hash = GENESIS
+    for event in events:
+        body = {k: event[k] for k in ("seq", "actor", "action", "subject", "owner_id", "ticket_id", "payload")}
+        ts = datetime.fromisoformat(event["ts"])
+        body["ts"] = ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        assert event["prev_hash"] == prev_hash
+        assert link_hash(prev_hash, body) == event["hash"], event
+        prev_hash = event["hash"]
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_cancel_event_records_the_status_before_cancelling(settings, alice, model_files, status):
+    with TestClient(create_app(settings.model_copy(update={"executor": "external"}))) as client:
+        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+        with session_factory(settings.resolved_database_url)() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status=status))
+            session.commit()
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=alice.headers).status_code == 200
+        event = client.get("/v1/audit", headers=alice.headers).json()["events"][-1]
+    assert event["action"] == "job.cancelled" and event["payload"]["status_at_cancel"] == status
 
 
 def test_tampered_payload_is_named(client, settings, alice, model_files):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 
@@ -65,6 +66,28 @@ def test_mask_with_values_other_than_zero_and_one(client, alice, model_files):
     state["fc1.weight_mask"] = torch.full_like(state["fc1.weight_orig"], 0.5)
     error = assert_json_error(register(client, alice.headers, save_safetensors(state)), 422, "invalid_mask")
     assert "fc1" in error["message"]
+
+
+def test_sparse_tensors_are_refused_naming_the_tensor(client, alice, model_files):
+    state = load_safetensors(model_files.ticket.read_bytes())
+    sparse_weight = dict(state, **{"fc2.weight": state["fc2.weight"].to_sparse()})
+    sparse_mask = dict(state)
+    sparse_mask["fc1.weight_orig"] = sparse_mask.pop("fc1.weight")
+    sparse_mask["fc1.weight_mask"] = (sparse_mask["fc1.weight_orig"] != 0).float().to_sparse()
+    for state, name in ((sparse_weight, "fc2.weight"), (sparse_mask, "fc1.weight_mask")):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        for response in (register(client, alice.headers, buffer.getvalue()),
+                         upload(client, "/v1/verifications", buffer.getvalue(), alice.headers)):
+            error = assert_json_error(response, 422, "unreadable_model")
+            assert name in error["message"] and "sparse" in error["message"]
+
+
+def test_weights_beyond_float32_range_are_refused(client, alice, model_files):
+    state = {k: v.double() for k, v in load_safetensors(model_files.ticket.read_bytes()).items()}
+    state["fc2.weight"][0, 0] = 1e300
+    error = assert_json_error(register(client, alice.headers, save_safetensors(state)), 422, "invalid_model")
+    assert "fc2.weight" in error["message"] and "float32" in error["message"]
 
 
 def test_dense_model_cannot_be_registered_as_a_ticket(client, alice, model_files):

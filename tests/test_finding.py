@@ -31,6 +31,13 @@ def test_finders_are_listed_with_defaults_and_help(client, alice):
     ({"method": "alchemy"}, "unknown_method", "imp"),
     ({"arch": "gpt9"}, "unknown_arch", "resnet20"),
     ({"seed": -1}, "invalid_request", "seed"),
+    ({"hyperparameters": {"rounds": 10**3999}}, "invalid_hyperparameters", "rounds"),
+    ({"hyperparameters": {"max_rounds": 1001}}, "invalid_hyperparameters", "max_rounds"),
+    ({"hyperparameters": {"train": {"epochs": 10**3999}}}, "invalid_hyperparameters", "epochs"),
+    ({"hyperparameters": {"train": {"batch_size": 65537}}}, "invalid_hyperparameters", "batch_size"),
+    ({"method": "cts", "hyperparameters": {"steps": 10**3999}}, "invalid_hyperparameters", "steps"),
+    ({"method": "layers", "arch": "resnet20", "hyperparameters": {"score_batches": 10**6}},
+     "invalid_hyperparameters", "score_batches"),
 ])
 def test_bad_requests_name_the_field(client, alice, body, code, needle):
     error = assert_json_error(_find(client, alice, **body), 422, code)

@@ -68,7 +68,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"entry {str(name)[:100]!r} is not a named tensor", code="unreadable_model")
+        kind = _unsupported_kind(value)
+        if kind:
+            raise CheckpointError(f"tensor {name[:100]!r} is {kind}; only dense (strided) CPU tensors are "
+                                  "accepted", code="unreadable_model")
     return dict(state)
+
+
+def _unsupported_kind(tensor: torch.Tensor) -> str | None:
+    """What makes `tensor` other than a plain dense CPU tensor (sparse, quantized, nested, meta), if anything."""
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor"
+    if tensor.is_quantized:
+        return "a quantized tensor"
+    if tensor.is_nested:
+        return "a nested tensor"
+    if tensor.device.type != "cpu":
+        return f"a tensor on device {tensor.device.type!r}"
+    return None
 
 
 def split_masks(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Mask]:

@@ -40,6 +40,8 @@ class TrainConfig:
         self.milestones = tuple(self.milestones)
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs >= 0, batch_size >= 1 and lr > 0 are required")
+        if self.epochs > 10_000 or self.batch_size > 65_536:
+            raise ValueError("epochs must be at most 10000 and batch_size at most 65536")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'sgd' or 'adam'")
         if self.schedule not in ("cosine", "step", "constant"):

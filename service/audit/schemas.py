@@ -12,6 +12,7 @@ class AuditEventOut(BaseModel):
     actor: str
     action: str
     subject: str
+    owner_id: str | None
     ticket_id: str | None
     payload: dict[str, Any]
     prev_hash: str

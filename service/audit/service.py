@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -14,9 +15,22 @@ from service.models import AuditEvent, Owner, is_id
 def parse_cursor(cursor: str | None) -> int:
     if cursor is None:
         return 0
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not re.fullmatch(r"[0-9]{1,18}", cursor):
         raise APIError(422, "invalid_cursor", "cursor must be a value returned as next_cursor")
     return int(cursor)
+
+
+def to_utc(value: datetime | None, name: str) -> datetime | None:
+    """`value` in UTC (naive taken as UTC); a 422 when that falls outside years 1-9999."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise APIError(422, "invalid_time", f"{name} is outside the supported range "
+                                            "(0001-01-01 to 9999-12-31 in UTC)") from None
 
 
 def list_events(session: Session, *, owner: Owner, ticket_id: str | None, since: datetime | None,
@@ -26,7 +40,7 @@ def list_events(session: Session, *, owner: Owner, ticket_id: str | None, since:
 
     Times without a zone are taken as UTC.
     """
-    since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (since, until))
+    since, until = to_utc(since, "since"), to_utc(until, "until")
     query = select(AuditEvent).where(AuditEvent.seq > parse_cursor(cursor)).order_by(AuditEvent.seq)
     if not owner.is_admin:
         query = query.where(AuditEvent.owner_id == owner.id)

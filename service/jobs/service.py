@@ -84,13 +84,14 @@ def request_cancel(session: Session, *, job: Job, actor: Owner) -> Job:
     """Cancel a queued job at once; ask a running one to stop (its supervisor kills it). Commits."""
     if job.status in TERMINAL:
         raise APIError(409, "job_finished", f"job {job.id} already {job.status}")
-    if job.status == "queued":
+    status_at_cancel = job.status
+    if status_at_cancel == "queued":
         finish_cancelled(session, job)
     else:
         job.cancel_requested = True
     append_event(session, actor=actor.name, action="job.cancelled", subject=f"job:{job.id}",
                  owner_id=job.owner_id, payload={"job_id": job.id, "kind": job.kind,
-                                                 "status_at_cancel": job.status})
+                                                 "status_at_cancel": status_at_cancel})
     session.commit()
     return job
 

@@ -65,6 +65,20 @@ def test_truncated_safetensors_and_random_bytes_are_refused(tmp_path):
         _unreadable(path)
 
 
+@pytest.mark.parametrize("make,kind", [
+    (lambda: torch.eye(3).to_sparse(), "sparse_coo"),
+    (lambda: torch.eye(3).to_sparse_csr(), "sparse_csr"),
+    (lambda: torch.quantize_per_tensor(torch.rand(3), 0.1, 0, torch.quint8), "quantized"),
+    (lambda: torch.nested.nested_tensor([torch.rand(2), torch.rand(3)]), "nested"),
+    (lambda: torch.empty(3, device="meta"), "meta"),
+])
+def test_tensors_other_than_dense_cpu_are_refused_by_name(tmp_path, make, kind):
+    path = tmp_path / "model.pt"
+    torch.save({"fc.bias": torch.zeros(3), "fc.weight": make()}, path)
+    message = str(_unreadable(path))
+    assert "'fc.weight'" in message and kind in message
+
+
 def test_legacy_pickle_and_wrapped_state_dict_read(tmp_path):
     state = build_model("lenet300_100", (1, 8, 8), 10).state_dict()
     torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)

@@ -52,6 +52,8 @@ class CtsConfig:
             raise ValueError("target_density must be in (0, 1)")
         if self.steps < 1 or self.lr <= 0 or self.temperature <= 0 or self.batch_size < 1:
             raise ValueError("steps, lr, temperature and batch_size must be positive")
+        if self.steps > 1_000_000 or self.batch_size > 65_536:
+            raise ValueError("steps must be at most 1000000 and batch_size at most 65536")
         if not 0 <= self.smoothing < 1:
             raise ValueError("smoothing must be in [0, 1)")
         if self.objective not in ("ce", "kl"):

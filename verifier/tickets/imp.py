@@ -53,6 +53,8 @@ class ImpConfig:
             raise ValueError("target_density must be in (0, 1)")
         if self.rounds < 0 or self.max_rounds < 1 or self.rewind_iteration < 0:
             raise ValueError("rounds, max_rounds and rewind_iteration must be non-negative")
+        if self.rounds > 1000 or self.max_rounds > 1000 or self.rewind_iteration > 1_000_000:
+            raise ValueError("rounds and max_rounds must be at most 1000, rewind_iteration at most 1000000")
         if not all(0 < r < 1 for r in self.backoff_rates):
             raise ValueError("backoff_rates must lie in (0, 1)")
 

@@ -48,6 +48,9 @@ class LayerTicketConfig:
             raise ValueError(f"unknown score {self.score!r}; use one of {', '.join(SCORES)}")
         if self.score_batches < 1 or self.score_batch_size < 1:
             raise ValueError("score_batches and score_batch_size must be >= 1")
+        if self.blocks_removed > 1000 or self.score_batches > 10_000 or self.score_batch_size > 65_536:
+            raise ValueError("blocks_removed must be at most 1000, score_batches at most 10000 and "
+                             "score_batch_size at most 65536")
 
 
 def removable_blocks(model: nn.Module) -> list[str]:
