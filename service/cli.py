@@ -176,12 +176,18 @@ def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]
              arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100, resnet20.")],
              dataset: Annotated[str, typer.Option(help="Dataset, e.g. digits.")],
              name: Annotated[str, typer.Option(help="A name for the ticket.")],
+             signature: Annotated[str, typer.Option(
+                 help="qr: write a QR code bound to you into the mask; fingerprint/none: keep the mask; "
+                      "auto: qr where a layer is large enough.")] = "auto",
+             recovery_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after writing the code.")] = 2,
              url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
              wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = True) -> None:
-    """Register ownership of a ticket (a .safetensors or .pt state dict)."""
+    """Register ownership of a ticket (a .safetensors or .pt state dict). The registered ticket, with
+    its signature, downloads from GET /v1/tickets/{id}/model."""
     client = _client(url, api_key)
     with reporting_client_errors():
-        accepted = client.register(model, arch=arch, dataset=dataset, name=name)
+        accepted = client.register(model, arch=arch, dataset=dataset, name=name, signature=signature,
+                                   recovery_epochs=recovery_epochs)
         console.print(f"ticket {accepted['id']} accepted (job {accepted['job_id']})")
         if wait:
             job = wait_with_progress(client, accepted["job_id"], "registering")

@@ -36,9 +36,12 @@ class TicketGuardClient:
             raise ClientError(response.status_code, error["code"], error["message"])
         return response.json()
 
-    def register(self, model: Path, *, arch: str, dataset: str, name: str) -> dict:
+    def register(self, model: Path, *, arch: str, dataset: str, name: str, signature: str = "auto",
+                 recovery_epochs: int = 2) -> dict:
+        data = {"arch": arch, "dataset": dataset, "name": name, "signature": signature,
+                "recovery_epochs": str(recovery_epochs)}
         with open(model, "rb") as handle:
-            return self._call("POST", "/v1/tickets", data={"arch": arch, "dataset": dataset, "name": name},
+            return self._call("POST", "/v1/tickets", data=data,
                               files={"model": (model.name, handle, "application/octet-stream")})
 
     def verify(self, model: Path, *, ticket_id: str | None = None) -> dict:
@@ -56,7 +59,14 @@ class TicketGuardClient:
 
     def download_found(self, job_id: str, destination: Path, *, form: str = "plain") -> None:
         """Save the ticket a find_ticket job found (safetensors) to `destination`."""
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/ticket", params={"form": form}) as response:
+        self._download(f"/v1/jobs/{job_id}/ticket", destination, params={"form": form})
+
+    def download_ticket(self, ticket_id: str, destination: Path) -> None:
+        """Save a registered ticket (with its signature, if it has one) to `destination`."""
+        self._download(f"/v1/tickets/{ticket_id}/model", destination)
+
+    def _download(self, path: str, destination: Path, **kwargs: Any) -> None:
+        with self.http.stream("GET", path, **kwargs) as response:
             if response.status_code >= 400:
                 response.read()
                 error = response.json().get("error", {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 import tempfile
 import time
@@ -22,21 +21,14 @@ from service.errors import APIError
 from service.models import Owner
 from service.owners.service import create_owner
 from verifier.attacks import fine_tune, prune_further
-from verifier.checkpoint import save_state_dict
+from verifier.checkpoint import read_state_dict, save_state_dict
 from verifier.data import load_dataset
-from verifier.masks import overall_density
-from verifier.models import build_model
-from verifier.tickets import Ticket, find_imp_ticket
+from verifier.masks import mask_from_weights, overall_density
+from verifier.models import build_model, prunable_parameters
+from verifier.tickets import find_imp_ticket
 from verifier.training import evaluate
 
 ARCH, DATASET = "lenet300_100", "digits"
-
-
-def _model_of(ticket: Ticket) -> torch.nn.Module:
-    data = load_dataset(ticket.dataset)
-    model = build_model(ticket.arch, data.input_shape, data.num_classes)
-    model.load_state_dict(ticket.state)
-    return model
 
 
 def _demo_owner(settings: Settings) -> tuple[Owner, str]:
@@ -49,6 +41,27 @@ def _demo_owner(settings: Settings) -> tuple[Owner, str]:
             except APIError:
                 continue
     raise RuntimeError("could not create the demo owner")
+
+
+def _steal(registered: Path, stolen: Path, permuted: Path, data, seed: int, console: Console) -> None:
+    """The thief's copies of the registered (signed) ticket: fine-tuned with the mask fixed and pruned
+    a further 10 %; and the same with its hidden units permuted (the function is unchanged)."""
+    state = read_state_dict(registered)
+    thief = build_model(ARCH, data.input_shape, data.num_classes)
+    thief.load_state_dict(state)
+    mask = mask_from_weights(state, prunable_parameters(ARCH, thief))
+    fine_tune(thief, mask, data.x_train, data.y_train, epochs=3, lr=0.01, seed=seed + 100)
+    prune_further(thief, mask, 0.10)
+    console.print(f"  stolen copy of the registered ticket: fine-tuned with the mask fixed, pruned a further 10%: "
+                  f"accuracy {evaluate(thief, data.x_test, data.y_test):.3f}")
+    save_state_dict(thief.state_dict(), stolen)
+    generator = torch.Generator().manual_seed(seed)
+    first, second = torch.randperm(300, generator=generator), torch.randperm(100, generator=generator)
+    s = thief.state_dict()
+    shuffled = dict(s, **{"fc1.weight": s["fc1.weight"][first], "fc1.bias": s["fc1.bias"][first],
+                          "fc2.weight": s["fc2.weight"][second][:, first], "fc2.bias": s["fc2.bias"][second],
+                          "fc3.weight": s["fc3.weight"][:, second]})
+    save_state_dict(shuffled, permuted)
 
 
 def run_demo(console: Console, *, data_dir: Path | None, seed: int = 0) -> bool:
@@ -72,32 +85,31 @@ def _run(console: Console, data_dir: Path, scratch: Path, seed: int) -> bool:
     ticket = find_imp_ticket(ARCH, data, seed=seed, rounds=3, rate=0.5)
     console.print(f"  ticket: {overall_density(ticket.mask):.1%} of weights kept, accuracy "
                   f"{ticket.accuracy:.3f} (dense {ticket.dense_accuracy:.3f})")
-    thief = _model_of(ticket)
-    stolen_mask = copy.deepcopy(ticket.mask)
-    fine_tune(thief, stolen_mask, data.x_train, data.y_train, epochs=3, lr=0.01, seed=seed + 100)
-    stolen_mask = prune_further(thief, stolen_mask, 0.10)
-    console.print(f"  stolen copy: fine-tuned with the mask fixed, pruned a further 10%: accuracy "
-                  f"{evaluate(thief, data.x_test, data.y_test):.3f}")
     independent = find_imp_ticket(ARCH, data, seed=seed + 1, rounds=3, rate=0.5)
     console.print(f"  independent ticket (seed {seed + 1}): accuracy {independent.accuracy:.3f}")
-
-    files = {name: scratch / f"{name}.safetensors" for name in ("ticket", "stolen", "independent")}
+    files = {name: scratch / f"{name}.safetensors"
+             for name in ("ticket", "registered", "stolen", "permuted", "independent")}
     save_state_dict(ticket.state, files["ticket"])
-    save_state_dict(thief.state_dict(), files["stolen"])
     save_state_dict(independent.state, files["independent"])
 
     port = free_port()
     with EmbeddedServer(app, port):
         client = TicketGuardClient(f"http://127.0.0.1:{port}", key)
         console.print(f"service listening on http://127.0.0.1:{port}")
-        accepted = client.register(files["ticket"], arch=ARCH, dataset=DATASET, name="demo ticket")
-        job = wait_with_progress(client, accepted["job_id"], "registering")
+        accepted = client.register(files["ticket"], arch=ARCH, dataset=DATASET, name="demo ticket", signature="qr")
+        job = wait_with_progress(client, accepted["job_id"], "registering (QR code written, accuracy recovered)")
         if job["status"] != "succeeded":
             console.print(f"[red]registration failed: {job['error']}[/red]")
             return False
         ticket_id = accepted["id"]
-        console.print(f"ticket {ticket_id} registered")
+        report = client.ticket(ticket_id)["signature_report"]
+        console.print(f"ticket {ticket_id} registered with a QR signature: {report['kernels_removed']} kernels "
+                      f"removed, {report['kernels_connected']} connected; accuracy {report['accuracy_before']:.3f}"
+                      f" before, {report['accuracy_after']:.3f} after")
+        client.download_ticket(ticket_id, files["registered"])
+        _steal(files["registered"], files["stolen"], files["permuted"], data, seed, console)
         cases = [("stolen copy, searched 1:N", files["stolen"], None, "match"),
+                 ("stolen copy, units permuted", files["permuted"], ticket_id, "match"),
                  ("independent ticket", files["independent"], ticket_id, "no_match")]
         rows, ok = [], True
         for label, path, wanted_ticket, expected in cases:
@@ -106,13 +118,15 @@ def _run(console: Console, data_dir: Path, scratch: Path, seed: int) -> bool:
             result = client.verification(accepted["id"])
             right = result["verdict"] == expected
             ok &= right
-            rows.append((label, result["verdict"], expected, result["p_value"], result["owner"], right))
+            qr = result["evidence"].get("qr")
+            rows.append((label, result["verdict"], expected, result["p_value"], result["owner"],
+                         "-" if qr is None else ("yes" if qr["decoded"] else "no"), right))
         table = Table(title="verdicts")
-        for column in ("suspect", "verdict", "expected", "p-value", "owner named", "right?"):
+        for column in ("suspect", "verdict", "expected", "p-value", "owner named", "QR decoded", "right?"):
             table.add_column(column)
-        for label, verdict, expected, p_value, owner_name, right in rows:
+        for label, verdict, expected, p_value, owner_name, decoded, right in rows:
             table.add_row(label, verdict, expected, "-" if p_value is None else f"{p_value:.2g}",
-                          owner_name or "-", "[green]yes[/green]" if right else "[red]NO[/red]")
+                          owner_name or "-", decoded, "[green]yes[/green]" if right else "[red]NO[/red]")
         console.print(table)
         print_audit(client.audit()["events"])
         chain = client.audit_verify()

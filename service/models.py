@@ -90,6 +90,26 @@ class Ticket(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    signature: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
+
+
+class Signature(Base):
+    """A ticket's QR credential: where the code sits and what it says. Server-side only: never shown to
+    anyone but the ticket's owner."""
+
+    __tablename__ = "signatures"
+
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    payload: Mapped[str] = mapped_column(String(64), unique=True)
+    version: Mapped[int] = mapped_column(Integer)
+    error_level: Mapped[str] = mapped_column(String(1))
+    layer: Mapped[str] = mapped_column(String(200))
+    row: Mapped[int] = mapped_column(Integer)
+    col: Mapped[int] = mapped_column(Integer)
+    matrix: Mapped[list[str]] = mapped_column(JSON)  # rows of "0"/"1", 1 = dark module
+    keep_function_patterns: Mapped[bool] = mapped_column(Boolean)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)  # placement score, changes, accuracies
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Job(Base):

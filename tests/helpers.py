@@ -15,8 +15,11 @@ def upload(client: TestClient, url: str, path: Path | bytes, headers: dict, **fi
 
 
 def register(client: TestClient, headers: dict, path: Path | bytes, *, arch: str = "lenet300_100",
-             dataset: str = "digits", name: str = "my ticket"):
-    return upload(client, "/v1/tickets", path, headers, arch=arch, dataset=dataset, name=name)
+             dataset: str = "digits", name: str = "my ticket", signature: str = "fingerprint", **fields):
+    """Register a ticket; without a QR signature unless asked (`signature="qr"`), so the registered
+    weights are the uploaded ones."""
+    return upload(client, "/v1/tickets", path, headers, arch=arch, dataset=dataset, name=name,
+                  signature=signature, **fields)
 
 
 def register_ok(client: TestClient, headers: dict, path: Path, **kwargs) -> dict:

@@ -64,17 +64,33 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return an @ bn.T
 
 
-def align_layer(ticket_weight: torch.Tensor, suspect_weight: torch.Tensor, *, iterations: int = 4,
-                align_rows: bool = True, align_cols: bool = True) -> Alignment:
+def _hide(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, exclude: tuple[slice, slice] | None) -> np.ndarray:
+    """The suspect with the block that the current alignment maps onto the excluded one zeroed, so
+    both sides leave the same cells out."""
+    if exclude is None:
+        return s
+    hidden = s.copy()
+    hidden[np.ix_(rows[exclude[0]], cols[exclude[1]])] = 0.0
+    return hidden
+
+
+def align_layer(ticket_weight: torch.Tensor, suspect_weight: torch.Tensor, *, iterations: int = 8,
+                align_rows: bool = True, align_cols: bool = True,
+                exclude: tuple[slice, slice] | None = None) -> Alignment:
     """Recover the suspect's row and column permutations of one conv or linear weight against the ticket's.
 
     A side that cannot be permuted (the network's input pixels, its class outputs) is held fixed with
-    `align_rows=False` or `align_cols=False`. The ticket's and the suspect's weights must have the
-    same shape; pruned weights are zeros in either.
+    `align_rows=False` or `align_cols=False`. `exclude` = (ticket rows, ticket columns) leaves that
+    block of the ticket out of the matching (a signature window: the alignment then knows nothing of
+    the code, so it cannot pull an unrelated suspect towards it). The ticket's and the suspect's
+    weights must have the same shape; pruned weights are zeros in either.
     """
     if ticket_weight.shape != suspect_weight.shape:
         raise ValueError(f"shapes differ: ticket {tuple(ticket_weight.shape)}, suspect {tuple(suspect_weight.shape)}")
     t, s = _as_matrix(ticket_weight), _as_matrix(suspect_weight)
+    if exclude is not None:
+        t = t.copy()
+        t[exclude] = 0.0
     out_channels, in_channels = t.shape[:2]
     rows, cols = np.arange(out_channels), np.arange(in_channels)
     if align_rows:
@@ -84,10 +100,11 @@ def align_layer(ticket_weight: torch.Tensor, suspect_weight: torch.Tensor, *, it
     for _ in range(iterations):
         previous = (rows.copy(), cols.copy())
         if align_cols:  # columns given rows: compare each column over the matched rows
-            by_col = np.moveaxis(s[rows], 1, 0).reshape(in_channels, -1)
+            by_col = np.moveaxis(_hide(s, rows, cols, exclude)[rows], 1, 0).reshape(in_channels, -1)
             cols = _assign(_cosine(np.moveaxis(t, 1, 0).reshape(in_channels, -1), by_col))
         if align_rows:  # rows given columns
-            rows = _assign(_cosine(t.reshape(out_channels, -1), s[:, cols].reshape(out_channels, -1)))
+            by_row = _hide(s, rows, cols, exclude)[:, cols].reshape(out_channels, -1)
+            rows = _assign(_cosine(t.reshape(out_channels, -1), by_row))
         if np.array_equal(previous[0], rows) and np.array_equal(previous[1], cols):
             break
     aligned = s[rows][:, cols].reshape(out_channels, -1)

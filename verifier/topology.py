@@ -66,6 +66,22 @@ def _null_overlaps(counts: list[np.ndarray], permutations: int, rng: np.random.G
     return total
 
 
+def estimate_suspect_mask(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor],
+                          suspect_mask: Mask | None = None) -> tuple[Mask, list[str], bool]:
+    """The suspect's mask over the ticket's layers, the layers where it was estimated, and whether the
+    suspect is dense. An explicit `suspect_mask` is taken as it is; otherwise the mask is the
+    suspect's nonzeros, except in layers where the suspect keeps more weights than the ticket (a
+    dense model, or weights added back): there it is its largest weights at the ticket's density."""
+    if suspect_mask is not None:
+        return suspect_mask, [], overall_density(suspect_mask) >= DENSE_THRESHOLD
+    names = list(ticket_mask)
+    nonzero = mask_from_weights(suspect_weights, names)
+    estimated = [name for name in names if int(nonzero[name].sum()) > int(ticket_mask[name].sum())]
+    mask = dict(nonzero)
+    mask.update(magnitude_mask(suspect_weights, {n: densities(ticket_mask)[n] for n in estimated}))
+    return mask, estimated, overall_density(nonzero) >= DENSE_THRESHOLD
+
+
 def compare_topology(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor], *,
                      hidden_axes: dict[str, int], suspect_mask: Mask | None = None,
                      permutations: int = 9999, seed: int = 0) -> TopologyResult:
@@ -84,17 +100,7 @@ def compare_topology(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor]
     if permutations < 1:
         raise ValueError("permutations must be at least 1")
     names = list(ticket_mask)
-    estimated: list[str] = []
-    if suspect_mask is None:
-        nonzero = mask_from_weights(suspect_weights, names)
-        dense = overall_density(nonzero) >= DENSE_THRESHOLD
-        ticket_counts = {name: int(ticket_mask[name].sum()) for name in names}
-        estimated = [name for name in names if int(nonzero[name].sum()) > ticket_counts[name]]
-        suspect_mask = dict(nonzero)
-        suspect_mask.update(magnitude_mask(suspect_weights,
-                                           {n: densities(ticket_mask)[n] for n in estimated}))
-    else:
-        dense = overall_density(suspect_mask) >= DENSE_THRESHOLD
+    suspect_mask, estimated, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
     counts, layers = [], []
     for name in names:
         t, s = ticket_mask[name].cpu().bool(), suspect_mask[name].cpu().bool()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import io
-from typing import Annotated, BinaryIO
+from typing import Annotated, BinaryIO, Literal
 
 from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
@@ -12,7 +12,8 @@ from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.errors import APIError
 from service.finding.service import found_ticket_path
 from service.jobs.service import visible_job
-from service.models import Ticket
+from service.models import Signature, Ticket
+from service.signatures.service import SignatureRequest
 from service.tickets import service
 from service.tickets.schemas import Accepted, TicketList, TicketOut
 from verifier.models import architecture_names
@@ -29,11 +30,14 @@ def check_arch_and_dataset(session, arch: str, dataset: str, *, owner) -> Datase
     return resolve_dataset(session, dataset, owner=owner)
 
 
-def ticket_out(ticket: Ticket) -> TicketOut:
+def ticket_out(session, ticket: Ticket) -> TicketOut:
+    """A ticket as its owner sees it (the signature's fidelity report included, not its credential)."""
+    signature = session.get(Signature, ticket.id)
     return TicketOut(id=ticket.id, name=ticket.name, arch=ticket.arch, dataset=ticket.dataset,
                      status=ticket.status, sparsity=ticket.sparsity, layer_sparsity=ticket.layer_sparsity,
                      model_sha256=ticket.model_sha256, job_id=ticket.job_id, created_at=ticket.created_at,
-                     registered_at=ticket.registered_at, error=ticket.error)
+                     registered_at=ticket.registered_at, error=ticket.error, signature=ticket.signature,
+                     signature_report=signature.report if signature else None)
 
 
 @router.post("", status_code=202, response_model=Accepted)
@@ -47,49 +51,64 @@ def register_ticket(
                                          "ticket to register instead of an upload.")] = None,
     arch: Annotated[str | None, Form(description="Architecture name, e.g. resnet20.")] = None,
     dataset: Annotated[str | None, Form(description="Dataset the ticket was trained on.")] = None,
+    signature: Annotated[Literal["auto", "qr", "fingerprint", "none"], Form(
+        description="qr: write a QR code bound to you and this ticket into the mask topology; fingerprint "
+                    "or none: keep the mask as it is; auto: qr where a layer is large enough.")] = "auto",
+    qr_version: Annotated[int, Form(ge=1, le=6, description="QR version (size 17 + 4 * version).")] = 3,
+    qr_error: Annotated[Literal["L", "M", "Q", "H"], Form(description="QR error-correction level.")] = "H",
+    keep_function_patterns: Annotated[bool, Form(
+        description="Leave finder, timing and format modules as the mask had them (the code stays hidden).")] = True,
+    recovery_epochs: Annotated[int, Form(ge=0, le=100, description="Fine-tuning epochs with the signed mask "
+                                         "fixed, on the ticket's dataset, to recover accuracy.")] = 2,
 ) -> Accepted:
     """Register ownership of a ticket. The model is validated now; the record is written by a job."""
     if not name.isprintable():
         raise APIError(422, "invalid_name", "name must not contain control characters")
     if (model is None) == (from_job is None):
         raise APIError(422, "invalid_request", "send either a `model` file or `from_job`, not both")
+    rewind_sha256 = None
     if from_job is not None:
-        source, arch, dataset = found_ticket_source(session, store, owner=owner, job_id=from_job,
-                                                    arch=arch, dataset=dataset)
+        source, arch, dataset, rewind_sha256 = found_ticket_source(session, store, owner=owner, job_id=from_job,
+                                                                   arch=arch, dataset=dataset)
     else:
         if arch is None or dataset is None:
             raise APIError(422, "invalid_request", "`arch` and `dataset` are required with a model file")
         source = model.file
     dataset_ref = check_arch_and_dataset(session, arch, dataset, owner=owner)
+    request_signature = SignatureRequest(kind=signature, version=qr_version, error=qr_error,
+                                         keep_function_patterns=keep_function_patterns,
+                                         recovery_epochs=recovery_epochs)
     with store.staged(source, max_bytes=settings.max_upload_bytes) as upload:
         ticket = service.submit_registration(session, owner=owner, store=store, upload=upload, name=name,
-                                             arch=arch, dataset=dataset_ref, max_attempts=settings.max_attempts)
+                                             arch=arch, dataset=dataset_ref, signature=request_signature,
+                                             rewind_sha256=rewind_sha256, max_attempts=settings.max_attempts)
     background.add_task(request.app.state.executor.submit, ticket.job_id)
     return Accepted(id=ticket.id, status=ticket.status, job_id=ticket.job_id)
 
 
 def found_ticket_source(session, store, *, owner, job_id: str, arch: str | None,
-                        dataset: str | None) -> tuple[BinaryIO, str, str]:
-    """The trained weights of a found ticket as a readable file, with its arch and dataset."""
-    path = found_ticket_path(store, visible_job(session, owner=owner, job_id=job_id))
+                        dataset: str | None) -> tuple[BinaryIO, str, str, str]:
+    """The trained weights of a found ticket as a readable file, with its arch, dataset and artifact."""
+    job = visible_job(session, owner=owner, job_id=job_id)
+    path = found_ticket_path(store, job)
     found = load_ticket(path)
     for given, actual, what in ((arch, found.arch, "arch"), (dataset, found.dataset, "dataset")):
         if given is not None and given != actual:
             raise APIError(422, "invalid_request",
                            f"{what} {given!r} does not match the found ticket's {actual!r}")
     buffer = io.BytesIO(save_safetensors({k: v.contiguous() for k, v in found.state.items()}))
-    return buffer, found.arch, found.dataset
+    return buffer, found.arch, found.dataset, job.result["ticket_sha256"]
 
 
 @router.get("", response_model=TicketList)
 def list_tickets(owner: CurrentOwner, session: DbSession) -> TicketList:
     """Your tickets (all tickets for an admin)."""
-    return TicketList(tickets=[ticket_out(t) for t in service.list_tickets(session, owner=owner)])
+    return TicketList(tickets=[ticket_out(session, t) for t in service.list_tickets(session, owner=owner)])
 
 
 @router.get("/{ticket_id}", response_model=TicketOut)
 def get_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession) -> TicketOut:
-    return ticket_out(service.visible_ticket(session, owner=owner, ticket_id=ticket_id))
+    return ticket_out(session, service.visible_ticket(session, owner=owner, ticket_id=ticket_id))
 
 
 @router.get("/{ticket_id}/model", response_class=FileResponse)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -26,6 +27,8 @@ class TicketOut(BaseModel):
     created_at: datetime
     registered_at: datetime | None
     error: str | None = None
+    signature: str = "none"
+    signature_report: dict[str, Any] | None = None  # placement, changes made, accuracy before/after
 
 
 class TicketList(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.modelfiles import parse_for_arch, store_mask, store_weights
-from service.models import Job, Owner, Ticket, utcnow
+from service.models import Job, Owner, Signature, Ticket, utcnow
+from service.signatures.service import SignatureRequest, sign_registration
 from service.visibility import get_visible
 from verifier.masks import densities, overall_density
 
@@ -24,34 +26,47 @@ REGISTER_KIND = "register_ticket"
 
 
 def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
-                        name: str, arch: str, dataset: DatasetRef, max_attempts: int) -> Ticket:
-    """Validate the uploaded model now (422 on bad input), keep it, queue its registration. Commits."""
+                        name: str, arch: str, dataset: DatasetRef, signature: SignatureRequest,
+                        rewind_sha256: str | None, max_attempts: int) -> Ticket:
+    """Validate the uploaded model now (422 on bad input), keep it, queue its registration. Commits.
+
+    `rewind_sha256` names a found ticket whose rewind weights a QR signature revives weights from."""
     parse_for_arch(upload.path, arch=arch, spec=dataset.spec, require_sparse=True)
     record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="upload")
     ticket = Ticket(owner_id=owner.id, name=name, arch=arch, dataset=dataset.name,
                     upload_sha256=upload.sha256, status="pending")
     session.add(ticket)
     session.flush()
-    job = enqueue(session, owner_id=owner.id, kind=REGISTER_KIND, params=registration_params(ticket, dataset),
-                  max_attempts=max_attempts)
+    params = registration_params(ticket, dataset) | {"signature": asdict(signature), "rewind_sha256": rewind_sha256}
+    job = enqueue(session, owner_id=owner.id, kind=REGISTER_KIND, params=params, max_attempts=max_attempts)
     ticket.job_id = job.id
     session.commit()
     return ticket
 
 
 def run_registration(ctx: JobContext) -> dict[str, Any]:
-    """Job body: parse the upload, store canonical weights and the bit-packed mask."""
+    """Job body: parse the upload, sign it if asked, store canonical weights and the bit-packed mask."""
     params = ctx.params
     ctx.progress(0.1, "reading the model", force=True)
-    spec = (tuple(params["input_shape"]), params["num_classes"])
-    parsed = parse_for_arch(ctx.store.path(params["upload_sha256"]), arch=params["arch"], spec=spec,
+    dataset = DatasetRef(**{**params["dataset_ref"], "input_shape": tuple(params["dataset_ref"]["input_shape"])})
+    parsed = parse_for_arch(ctx.store.path(params["upload_sha256"]), arch=params["arch"], spec=dataset.spec,
                             require_sparse=True)
-    ctx.progress(0.6, "storing weights and mask", force=True)
-    model_sha, model_size = store_weights(ctx.store, parsed.weights)
-    mask_sha, mask_size = store_mask(ctx.store, parsed.mask)
+    weights, mask, credential = parsed.weights, parsed.mask, None
+    request = SignatureRequest(**params.get("signature") or {"kind": "none"})
+    if request.kind in ("auto", "qr"):
+        signed = sign_registration(ctx, request=request, owner_id=params["owner_id"], ticket_id=params["ticket_id"],
+                             arch=params["arch"], dataset=dataset, weights=weights, mask=mask,
+                             rewind_sha256=params.get("rewind_sha256"))
+        if signed is not None:
+            weights, mask, credential = signed.weights, signed.mask, signed.credential
+    kind = "qr" if credential else ("fingerprint" if request.kind == "auto" else request.kind)
+    ctx.progress(0.95, "storing weights and mask", force=True)
+    model_sha, model_size = store_weights(ctx.store, weights)
+    mask_sha, mask_size = store_mask(ctx.store, mask)
     return {"model_sha256": model_sha, "model_size": model_size, "mask_sha256": mask_sha,
-            "mask_size": mask_size, "sparsity": 1.0 - overall_density(parsed.mask),
-            "layer_sparsity": {k: 1.0 - v for k, v in densities(parsed.mask).items()}}
+            "mask_size": mask_size, "sparsity": 1.0 - overall_density(mask),
+            "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},
+            "signature": kind, "credential": credential}
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
@@ -62,17 +77,21 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
     ticket.model_sha256, ticket.mask_sha256 = result["model_sha256"], result["mask_sha256"]
     ticket.sparsity, ticket.layer_sparsity = result["sparsity"], result["layer_sparsity"]
     ticket.status, ticket.registered_at = "registered", utcnow()
+    ticket.signature = result["signature"]
+    credential = result.pop("credential")  # server-side only: not in the job result the API shows
+    if credential:
+        session.add(Signature(ticket_id=ticket.id, **credential))
     owner = session.get(Owner, ticket.owner_id)
     append_event(session, actor=owner.name, action="ticket.registered", subject=f"ticket:{ticket.id}",
                  owner_id=ticket.owner_id, ticket_id=ticket.id,
                  payload={"name": ticket.name, "arch": ticket.arch, "dataset": ticket.dataset,
                           "model_sha256": ticket.model_sha256, "mask_sha256": ticket.mask_sha256,
-                          "sparsity": round(ticket.sparsity, 6)})
+                          "sparsity": round(ticket.sparsity, 6), "signature": ticket.signature})
 
 
 def registration_params(ticket: Ticket, dataset: DatasetRef) -> dict[str, Any]:
-    return {"ticket_id": ticket.id, "upload_sha256": ticket.upload_sha256, "arch": ticket.arch,
-            "dataset": ticket.dataset, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}
+    return {"ticket_id": ticket.id, "owner_id": ticket.owner_id, "upload_sha256": ticket.upload_sha256,
+            "arch": ticket.arch, "dataset": ticket.dataset, "dataset_ref": asdict(dataset)}
 
 
 def visible_ticket(session: Session, *, owner: Owner, ticket_id: str) -> Ticket:

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, Request, Response, UploadFile
 
 from service.deps import CurrentOwner, DbSession, SettingsDep, Store
-from service.models import Owner, Ticket, Verification
+from service.errors import not_found
+from service.models import Owner, Signature, Ticket, Verification
+from service.signatures.service import EVIDENCE_IMAGES, evidence_image
 from service.tickets.schemas import Accepted
 from service.verifications import service
 from service.verifications.schemas import VerificationOut
@@ -45,3 +47,20 @@ def create_verification(
 def get_verification(verification_id: str, owner: CurrentOwner, session: DbSession) -> VerificationOut:
     verification = service.visible_verification(session, owner=owner, verification_id=verification_id)
     return verification_out(session, verification)
+
+
+@router.get("/{verification_id}/evidence/{name}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "A PNG image."}})
+def get_evidence_image(verification_id: str, name: str, owner: CurrentOwner, session: DbSession) -> Response:
+    """QR evidence as PNG: `expected.png` (the code as embedded), `window.png` (the suspect's window read
+    as a QR symbol) or `difference.png` (red: the code removed the kernel, the suspect has it; blue: the
+    other way). Only for the owner of the signed ticket; 404 otherwise."""
+    if name not in EVIDENCE_IMAGES:
+        raise not_found(f"evidence image {name!r} (known: {', '.join(EVIDENCE_IMAGES)})")
+    verification = service.visible_verification(session, owner=owner, verification_id=verification_id)
+    qr = (verification.evidence or {}).get("qr") or {}
+    ticket = session.get(Ticket, qr["ticket_id"]) if "window" in qr else None
+    signature = session.get(Signature, ticket.id) if ticket else None
+    if signature is None or (ticket.owner_id != owner.id and not owner.is_admin):
+        raise not_found("QR evidence of this verification")
+    return Response(evidence_image(signature, qr["window"], name), media_type="image/png")

@@ -17,14 +17,15 @@ from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.modelfiles import fit_to_template, parse_for_arch
-from service.models import Job, Owner, Ticket, Verification, utcnow
+from service.models import Job, Owner, Signature, Ticket, Verification, utcnow
+from service.signatures.service import check_signature
 from service.tickets.service import visible_ticket
 from service.visibility import get_visible
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.errors import VerifierError
 from verifier.masks import load_mask
 from verifier.models import build_model, hidden_axis
-from verifier.topology import bonferroni, compare_topology, verdict
+from verifier.topology import bonferroni, compare_topology, estimate_suspect_mask, verdict
 
 VERIFY_KIND = "verify"
 
@@ -65,11 +66,14 @@ def _candidates(session: Session, ticket_id: str | None) -> list[Ticket]:
 
 
 def run_verification(ctx: JobContext) -> dict[str, Any]:
-    """Job body: topology test of the suspect against each compatible ticket; best one decides."""
+    """Job body: each compatible ticket is tested (topology; and the QR module test and decoding where
+    it is signed); the candidate with the smallest p decides, corrected for the number compared."""
     params, settings = ctx.params, ctx.settings
     with session_factory(settings.resolved_database_url)() as session:
         candidates = _candidates(session, params["ticket_id"])
         specs = {t.dataset: resolve_dataset(session, t.dataset, owner=None).spec for t in candidates}
+        signatures = {s.ticket_id: s for s in session.execute(
+            select(Signature).where(Signature.ticket_id.in_([t.id for t in candidates]))).scalars()}
         session.expunge_all()
     weights, masks = split_masks(read_state_dict(ctx.store.path(params["suspect_sha256"])))
     seed = zlib.crc32(params["verification_id"].encode())
@@ -87,30 +91,70 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         except VerifierError:
             incompatible += 1
             continue
-        ticket_mask = load_mask(ctx.store.path(ticket.mask_sha256))
-        result = compare_topology(
-            ticket_mask, suspect.weights, suspect_mask=suspect.mask if masks else None,
-            hidden_axes={name: hidden_axis(ticket.arch, name) for name in ticket_mask},
-            permutations=settings.verify_permutations, seed=seed)
         compared += 1
-        if best is None or result.p_value < best[0]:
-            best = (result.p_value, ticket, result.to_dict())
+        tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
+                                suspect.mask if masks else None, seed)
+        if best is None or _stronger(tests, best[2]):
+            best = (tests["p_value"], ticket, tests)
     ctx.progress(1.0, "deciding", force=True)
     thresholds = {"match_alpha": settings.match_alpha, "inconclusive_alpha": settings.inconclusive_alpha}
-    evidence: dict[str, Any] = {"scheme": "topology", "candidates_compared": compared,
-                                "incompatible_tickets": incompatible, "thresholds": thresholds}
+    evidence: dict[str, Any] = {"candidates_compared": compared, "incompatible_tickets": incompatible,
+                                "thresholds": thresholds}
     if best is None:
         evidence["reason"] = "no registered ticket has an architecture the suspect fits"
         return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
-    raw_p, ticket, topology = best
+    raw_p, ticket, tests = best
     p_value = bonferroni(raw_p, compared)
     decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
-    evidence.update({"raw_p_value": raw_p, "correction": f"bonferroni over {compared} candidate(s)"})
-    disclose = decided == "match" or ticket.owner_id == params["requester_id"]
+    qr = tests.get("qr")
+    if qr is not None and qr["payload_valid"]:
+        decided = "match"  # a decoded payload with a valid MAC names this ticket's owner: decisive
+    evidence.update({"schemes": tests["schemes"], "raw_p_value": raw_p,
+                     "correction": f"bonferroni over {compared} candidate(s) and {len(tests['schemes'])} test(s)"})
+    owner_sees = ticket.owner_id == params["requester_id"]
+    disclose = decided == "match" or owner_sees
+    topology = tests["topology"]
     evidence["topology"] = topology if disclose else {
         k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
+    if qr is not None and disclose:
+        # where the code sits and what the window shows stay with the ticket's owner
+        evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
     return {"verdict": decided, "p_value": p_value, "evidence": evidence,
             "ticket_id": ticket.id if disclose else None}
+
+
+def _stronger(tests: dict[str, Any], than: dict[str, Any]) -> bool:
+    """A decoded QR payload with a valid MAC beats any p-value; otherwise the smaller p wins (ties go to
+    the earlier registration, which comes first)."""
+    def valid(t: dict[str, Any]) -> bool:
+        return bool(t.get("qr", {}).get("payload_valid"))
+
+    if valid(tests) != valid(than):
+        return valid(tests)
+    return tests["p_value"] < than["p_value"]
+
+
+def _test_candidate(ctx: JobContext, ticket: Ticket, signature: Signature | None,
+                    suspect_weights: dict, suspect_mask: dict | None, seed: int) -> dict[str, Any]:
+    """Every test the ticket carries, and their combined p (Bonferroni over the tests)."""
+    settings = ctx.settings
+    ticket_mask = load_mask(ctx.store.path(ticket.mask_sha256))
+    topology = compare_topology(
+        ticket_mask, suspect_weights, suspect_mask=suspect_mask,
+        hidden_axes={name: hidden_axis(ticket.arch, name) for name in ticket_mask},
+        permutations=settings.verify_permutations, seed=seed).to_dict()
+    tests: dict[str, Any] = {"schemes": ["topology"], "topology": topology}
+    p_values = [topology["p_value"]]
+    if signature is not None:
+        mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
+        tests["qr"] = check_signature(
+            secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
+            ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
+            suspect_mask=mask, permutations=settings.verify_permutations, seed=seed)
+        tests["schemes"].append("qr")
+        p_values.append(tests["qr"]["p_value"])
+    tests["p_value"] = bonferroni(min(p_values), len(p_values))
+    return tests
 
 
 def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> None:

@@ -98,7 +98,7 @@ def make_code(payload: str, *, version: int = 3, error: str = "H") -> QrCode:
     except segno.DataOverflowError as exc:
         raise VerifierError(f"payload does not fit a version {version}-{error} QR code: {exc}",
                             code="invalid_signature") from None
-    dark = np.array([[bool(v) for v in row] for row in symbol.matrix], dtype=bool)
+    dark = np.array(symbol.matrix, dtype=np.uint8).astype(bool)
     return QrCode(payload=payload, version=version, error=error, dark=dark)
 
 
@@ -137,10 +137,11 @@ def _match_counts(map_: torch.Tensor, code: QrCode) -> torch.Tensor:
     return (on + off).round().long()
 
 
-def choose_placement(mask: Mask, code: QrCode) -> Placement:
-    """The layer and offset whose map already matches the code's data modules best (ties: first
-    layer in mask order, then the smallest row, then column)."""
-    layers = eligible_layers(mask, code.size)
+def choose_placement(mask: Mask, code: QrCode, *, layers: list[str] | None = None) -> Placement:
+    """The layer (of `layers`, default all) and offset whose map already matches the code's data modules
+    best (ties: first layer in mask order, then the smallest row, then column)."""
+    allowed = set(mask if layers is None else layers)
+    layers = [name for name in eligible_layers(mask, code.size) if name in allowed]
     if not layers:
         raise VerifierError(f"no prunable layer has a connectivity map of at least {code.size}x{code.size}",
                             code="no_eligible_layer")
@@ -319,22 +320,31 @@ class ModuleTest:
 
 
 def module_test(mask: Mask, code: QrCode, placement: Placement, *, alignment: Alignment | None = None,
-                permutations: int = 9999, seed: int = 0) -> ModuleTest:
+                permute_rows: bool = True, permute_cols: bool = True, permutations: int = 9999,
+                seed: int = 0) -> ModuleTest:
     """Count the window's data modules that match the code; p-value against windows cut from random
-    row and column permutations of the suspect's own map (which keeps its density and per-channel
-    structure); the p-value is `verifier.topology.decision_p` of that null."""
+    row and column permutations of the suspect's own map, which keeps its density and per-channel
+    structure. An axis whose order means the same in every network (input pixels, class outputs) is
+    not permuted (`permute_rows`/`permute_cols` False), so structure shared by all tickets there
+    (pixels that are always blank) is in the null too. The p-value is `verifier.topology.decision_p`."""
     window = read_window(mask, code, placement, alignment)
     data, want = code.data, code.connected
     observed = int(((window == want) & data).sum())
-    full = layer_map(mask, placement)  # the null permutes rows and columns anyway
+    full = layer_map(mask, placement, alignment)
     rng = np.random.default_rng(seed)
     n = code.size
     null = np.empty(permutations, dtype=np.int64)
     chunk = 1000
+
+    def draw(count: int, size: int, start: int, permute: bool) -> np.ndarray:
+        if not permute:
+            return np.broadcast_to(np.arange(start, start + n), (count, n))
+        return np.argsort(rng.random((count, size)), axis=1)[:, :n]
+
     for start in range(0, permutations, chunk):
         count = min(chunk, permutations - start)
-        rows = np.argsort(rng.random((count, full.shape[0])), axis=1)[:, :n]
-        cols = np.argsort(rng.random((count, full.shape[1])), axis=1)[:, :n]
+        rows = draw(count, full.shape[0], placement.row, permute_rows)
+        cols = draw(count, full.shape[1], placement.col, permute_cols)
         windows = full[rows[:, :, None], cols[:, None, :]]
         null[start:start + count] = ((windows == want) & data).sum(axis=(1, 2))
     mean, std = float(null.mean()), float(null.std(ddof=1)) if permutations > 1 else 0.0

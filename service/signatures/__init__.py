@@ -1,0 +1,1 @@
+"""QR signatures around registration and verification."""

@@ -1,0 +1,74 @@
+"""QR signatures through the API: registration writes the owner's code into the mask; a stolen copy,
+channel-permuted, is caught by the module test and decodes to a valid MAC; credentials and evidence
+stay with the ticket's owner."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from tests.helpers import assert_json_error, register, register_ok, verify_ok
+
+
+def _permuted(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """lenet300_100 with both hidden layers' units permuted: the same function, scrambled positions."""
+    generator = torch.Generator().manual_seed(seed)
+    first, second = torch.randperm(300, generator=generator), torch.randperm(100, generator=generator)
+    out = dict(state)
+    out["fc1.weight"], out["fc1.bias"] = state["fc1.weight"][first], state["fc1.bias"][first]
+    out["fc2.weight"] = state["fc2.weight"][second][:, first]
+    out["fc2.bias"], out["fc3.weight"] = state["fc2.bias"][second], state["fc3.weight"][:, second]
+    return out
+
+
+def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the_evidence(
+        client, alice, bob, model_files, tmp_path):
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
+    plain = register_ok(client, bob.headers, model_files.ticket, name="unsigned copy")
+    assert ticket["signature"] == "qr" and plain["signature"] == "fingerprint"
+    report = ticket["signature_report"]
+    assert report["kernels_removed"] > 0 and report["recovery"]["epochs"] == 1
+    assert abs(report["accuracy_before"] - report["accuracy_after"]) < 0.05  # the fidelity cost is small
+    assert abs(ticket["sparsity"] - plain["sparsity"]) < 1e-12  # the kept-weight count is unchanged
+    job = client.get(f"/v1/jobs/{ticket['job_id']}", headers=alice.headers).json()
+    assert "credential" not in job["result"] and "TG1:" not in str(job)
+
+    download = client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content
+    copied, stolen = tmp_path / "copied.safetensors", tmp_path / "stolen.safetensors"
+    copied.write_bytes(download)
+    signed = load_safetensors(download)
+    stolen.write_bytes(save_safetensors({k: v.contiguous() for k, v in _permuted(signed, 3).items()}))
+
+    by_bob = verify_ok(client, bob.headers, copied)  # 1:N: the unsigned copy is a candidate too
+    assert by_bob["verdict"] == "match" and by_bob["ticket_id"] == ticket["id"] and by_bob["owner"] == "alice"
+    assert by_bob["evidence"]["qr"] == {"p_value": by_bob["evidence"]["qr"]["p_value"], "decoded": True,
+                                        "payload_valid": True}
+    assert "TG1:" not in str(by_bob)
+
+    by_alice = verify_ok(client, alice.headers, stolen, ticket_id=ticket["id"])
+    qr = by_alice["evidence"]["qr"]
+    # the permuted copy is caught by the module test; its window need not decode (units whose only
+    # connections lie inside the window cannot be aligned from the weights outside it)
+    assert by_alice["verdict"] == "match" and qr["p_value"] < 1e-6 and qr["module_test"]["agreement"] > 0.7
+    assert not qr["alignment"]["identity"]
+    for name in ("expected.png", "window.png", "difference.png"):
+        image = client.get(f"/v1/verifications/{by_alice['id']}/evidence/{name}", headers=alice.headers)
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert_json_error(client.get(f"/v1/verifications/{by_alice['id']}/evidence/window.png",
+                                 headers=bob.headers), 404)
+    assert_json_error(client.get(f"/v1/verifications/{by_bob['id']}/evidence/window.png",
+                                 headers=bob.headers), 404)
+    assert_json_error(client.get(f"/v1/verifications/{by_alice['id']}/evidence/secret.png",
+                                 headers=alice.headers), 404)
+
+    independent = verify_ok(client, alice.headers, model_files.independent, ticket_id=ticket["id"])
+    assert independent["verdict"] == "no_match"
+    assert independent["evidence"]["qr"]["decoded"] is False and independent["evidence"]["qr"]["p_value"] > 0.01
+
+
+def test_bad_signature_options_are_422(client, alice, model_files):
+    for fields in ({"signature": "bogus"}, {"signature": "qr", "qr_version": "9"},
+                   {"signature": "qr", "qr_error": "Z"}, {"signature": "qr", "recovery_epochs": "-1"}):
+        assert_json_error(register(client, alice.headers, model_files.ticket, **fields), 422)

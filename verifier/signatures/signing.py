@@ -1,0 +1,94 @@
+"""Signing a ticket with a QR code and reading a suspect against it: the whole procedure around the
+pieces in `qr` and `verifier.align`, used by the service's jobs and by the benchmarks alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from verifier.align import align_layer
+from verifier.data import Dataset
+from verifier.masks import Mask, overall_density
+from verifier.models import build_model, permutable_axes
+from verifier.signatures.qr import (
+    Placement,
+    QrCode,
+    choose_placement,
+    decode_window,
+    embed_code,
+    module_test,
+    read_window,
+)
+from verifier.training import TrainConfig, evaluate, train
+
+
+@dataclass(frozen=True)
+class SignedTicket:
+    """The signed ticket (weights after the recovery fine-tune, and its mask), where the code sits,
+    and a report: placement score, changes made, test accuracy before, embedded, and recovered."""
+
+    weights: dict[str, torch.Tensor]
+    mask: Mask
+    placement: Placement
+    report: dict[str, Any]
+
+
+def sign_ticket(arch: str, dataset: Dataset, weights: dict[str, torch.Tensor], mask: Mask,
+                rewind: dict[str, torch.Tensor], code: QrCode, *, keep_function_patterns: bool = True,
+                recovery: TrainConfig | None = None, seed: int = 0,
+                progress: Callable[[int, float], None] | None = None) -> SignedTicket:
+    """Place and write `code` (exact kept-weight count), then fine-tune with the new mask fixed on
+    `dataset` to recover accuracy (`recovery.epochs` 0 skips it). Revived weights start from `rewind`.
+
+    Only layers whose rows and columns are both hidden units are eligible: there no two independent
+    networks share positions, so an unrelated suspect has nothing in common with the window (the
+    input layer's pixel columns, say, are blank at the border in every network)."""
+    hidden = [name for name in mask if all(permutable_axes(arch, name))]
+    placement = choose_placement(mask, code, layers=hidden)
+    embedding = embed_code(mask, weights, rewind, code, placement, keep_function_patterns=keep_function_patterns)
+    model = build_model(arch, dataset.input_shape, dataset.num_classes)
+    model.load_state_dict(weights)
+    accuracy_before = evaluate(model, dataset.x_test, dataset.y_test)
+    model.load_state_dict(embedding.state)
+    accuracy_embedded = evaluate(model, dataset.x_test, dataset.y_test)
+    recovery = recovery or TrainConfig(epochs=2, lr=0.01)
+    if recovery.epochs:
+        train(model, dataset.x_train, dataset.y_train, config=recovery, seed=seed, mask=embedding.mask,
+              progress=progress)
+    signed = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    report = {"placement_matched": placement.matched, "data_modules": placement.data_modules,
+              "kernels_connected": embedding.kernels_connected, "kernels_removed": embedding.kernels_removed,
+              "weights_added": embedding.weights_added, "weights_removed": embedding.weights_removed,
+              "rebalanced_added": embedding.rebalanced_added, "rebalanced_removed": embedding.rebalanced_removed,
+              "density": overall_density(embedding.mask),
+              "recovery": {"epochs": recovery.epochs, "lr": recovery.lr},
+              "accuracy_before": accuracy_before, "accuracy_embedded": accuracy_embedded,
+              "accuracy_after": evaluate(model, dataset.x_test, dataset.y_test)}
+    return SignedTicket(signed, embedding.mask, placement, report)
+
+
+def read_signature(arch: str, code: QrCode, placement: Placement, ticket_weights: dict[str, torch.Tensor],
+                   suspect_weights: dict[str, torch.Tensor], suspect_mask: Mask, *, permutations: int = 9999,
+                   seed: int = 0) -> dict[str, Any]:
+    """Align the suspect's signature layer to the ticket's (on the axes that can be permuted, from the
+    weights outside the window, so the alignment knows nothing of the code), count the window's
+    matching data modules against the permutation null, and decode the window.
+
+    Returns JSON types: `p_value`, `module_test`, `decoded` (the payload text or None), `alignment`,
+    the placement, and the window as rows of "0"/"1"."""
+    layer = placement.layer
+    rows, cols = permutable_axes(arch, layer)
+    window = (slice(placement.row, placement.row + code.size), slice(placement.col, placement.col + code.size))
+    alignment = align_layer(ticket_weights[layer], suspect_weights[layer] * suspect_mask[layer],
+                            align_rows=rows, align_cols=cols, exclude=window)
+    test = module_test(suspect_mask, code, placement, alignment=alignment, permute_rows=rows, permute_cols=cols,
+                       permutations=permutations, seed=seed)
+    window = read_window(suspect_mask, code, placement, alignment)
+    return {"p_value": test.p_value, "module_test": asdict(test) | {"agreement": test.agreement},
+            "decoded": decode_window(window, code),
+            "alignment": {"quality": alignment.quality, "identity": alignment.identity},
+            "layer": layer, "row": placement.row, "col": placement.col,
+            "window": ["".join("1" if v else "0" for v in row) for row in window.tolist()]}
