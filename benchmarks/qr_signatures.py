@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verifier.attacks import fine_tune, prune_further  # noqa: E402
+from verifier.attacks import fine_tune, permute_hidden_units, prune_further  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
 from verifier.masks import Mask, apply_mask, global_magnitude_prune, mask_from_weights  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
@@ -38,19 +38,6 @@ def _model(arch, data, state):
     model = build_model(arch, data.input_shape, data.num_classes)
     model.load_state_dict(state)
     return model
-
-
-def _permute_hidden(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Function-preserving permutation of both hidden layers of lenet300_100."""
-    if arch != "lenet300_100":
-        raise SystemExit("the permutation attack here is written for lenet300_100")
-    generator = torch.Generator().manual_seed(seed)
-    first, second = torch.randperm(300, generator=generator), torch.randperm(100, generator=generator)
-    out = dict(state)
-    out["fc1.weight"], out["fc1.bias"] = state["fc1.weight"][first], state["fc1.bias"][first]
-    out["fc2.weight"] = state["fc2.weight"][second][:, first]
-    out["fc2.bias"], out["fc3.weight"] = state["fc2.bias"][second], state["fc3.weight"][:, second]
-    return out
 
 
 def _add_on(state: dict[str, torch.Tensor], mask: Mask, fraction: float, seed: int) -> dict[str, torch.Tensor]:
@@ -78,7 +65,7 @@ def attacks(arch, data, signed_state, mask, seed):
         yield f"pruned a further {fraction:.0%}", pruned(fraction)
     for fraction in (0.005, 0.01, 0.02, 0.05):
         yield f"add-on {fraction:.1%} of pruned weights", _add_on(signed_state, mask, fraction, seed)
-    permuted = _permute_hidden(arch, signed_state, seed)
+    permuted = permute_hidden_units(arch, signed_state, seed)
     yield "hidden units permuted", permuted
     yield "permuted, then pruned a further 10%", pruned(0.1, permuted, mask_from_weights(permuted, list(mask)))
     dense = _model(arch, data, signed_state)

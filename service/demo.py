@@ -7,7 +7,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -20,7 +19,7 @@ from service.embedded import EmbeddedServer, free_port
 from service.errors import APIError
 from service.models import Owner
 from service.owners.service import create_owner
-from verifier.attacks import fine_tune, prune_further
+from verifier.attacks import fine_tune, permute_hidden_units, prune_further
 from verifier.checkpoint import read_state_dict, save_state_dict
 from verifier.data import load_dataset
 from verifier.masks import mask_from_weights, overall_density
@@ -55,12 +54,7 @@ def _steal(registered: Path, stolen: Path, permuted: Path, data, seed: int, cons
     console.print(f"  stolen copy of the registered ticket: fine-tuned with the mask fixed, pruned a further 10%: "
                   f"accuracy {evaluate(thief, data.x_test, data.y_test):.3f}")
     save_state_dict(thief.state_dict(), stolen)
-    generator = torch.Generator().manual_seed(seed)
-    first, second = torch.randperm(300, generator=generator), torch.randperm(100, generator=generator)
-    s = thief.state_dict()
-    shuffled = dict(s, **{"fc1.weight": s["fc1.weight"][first], "fc1.bias": s["fc1.bias"][first],
-                          "fc2.weight": s["fc2.weight"][second][:, first], "fc2.bias": s["fc2.bias"][second],
-                          "fc3.weight": s["fc3.weight"][:, second]})
+    shuffled = permute_hidden_units(ARCH, thief.state_dict(), seed)
     save_state_dict(shuffled, permuted)
 
 

@@ -11,5 +11,6 @@ def test_demo_exits_zero_with_both_verdicts_right(tmp_path):
     result = CliRunner().invoke(cli_app, ["demo", "--data-dir", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert "demo passed" in result.output
-    assert "stolen copy" in result.output and "independent ticket" in result.output
+    assert "stolen copy" in result.output and "units permuted" in result.output
+    assert "independent ticket" in result.output
     assert (tmp_path / "demo" / "ticketguard.db").exists()

@@ -4,22 +4,11 @@ stay with the ticket's owner."""
 
 from __future__ import annotations
 
-import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from tests.helpers import assert_json_error, register, register_ok, verify_ok
-
-
-def _permuted(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """lenet300_100 with both hidden layers' units permuted: the same function, scrambled positions."""
-    generator = torch.Generator().manual_seed(seed)
-    first, second = torch.randperm(300, generator=generator), torch.randperm(100, generator=generator)
-    out = dict(state)
-    out["fc1.weight"], out["fc1.bias"] = state["fc1.weight"][first], state["fc1.bias"][first]
-    out["fc2.weight"] = state["fc2.weight"][second][:, first]
-    out["fc2.bias"], out["fc3.weight"] = state["fc2.bias"][second], state["fc3.weight"][:, second]
-    return out
+from verifier.attacks import permute_hidden_units
 
 
 def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the_evidence(
@@ -38,7 +27,8 @@ def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the
     copied, stolen = tmp_path / "copied.safetensors", tmp_path / "stolen.safetensors"
     copied.write_bytes(download)
     signed = load_safetensors(download)
-    stolen.write_bytes(save_safetensors({k: v.contiguous() for k, v in _permuted(signed, 3).items()}))
+    permuted = permute_hidden_units("lenet300_100", signed, 3)
+    stolen.write_bytes(save_safetensors({k: v.contiguous() for k, v in permuted.items()}))
 
     by_bob = verify_ok(client, bob.headers, copied)  # 1:N: the unsigned copy is a candidate too
     assert by_bob["verdict"] == "match" and by_bob["ticket_id"] == ticket["id"] and by_bob["owner"] == "alice"

@@ -50,8 +50,9 @@ def _profiles(w: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _assign(similarity: np.ndarray) -> np.ndarray:
-    """perm[i] = the suspect index assigned to ticket index i, maximising total similarity."""
-    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    """perm[i] = the suspect index assigned to ticket index i, maximising total similarity. Exact ties
+    (channels with nothing to tell them apart, such as all-zero ones) keep their own position."""
+    rows, cols = linear_sum_assignment(similarity + 1e-9 * np.eye(len(similarity)), maximize=True)
     perm = np.empty(similarity.shape[0], dtype=np.int64)
     perm[rows] = cols
     return perm
