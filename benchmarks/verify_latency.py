@@ -85,21 +85,24 @@ def api_rows(repeats: int) -> list[tuple[str, list[float]]]:
                 for name, state in (("ticket", ticket), ("suspect", suspect)):
                     paths[name] = Path(tmp) / f"{arch}-{name}.safetensors"
                     save_state_dict(state, paths[name])
-                response = client.post("/v1/tickets", headers=headers,
-                                       data={"arch": arch, "dataset": "digits", "name": arch},
-                                       files={"model": ("m", paths["ticket"].read_bytes())})
-                ticket_id = response.json()["id"]
                 suspect_bytes = paths["suspect"].read_bytes()
+                for signature in ("fingerprint", "qr"):
+                    response = client.post("/v1/tickets", headers=headers,
+                                           data={"arch": arch, "dataset": "digits", "name": arch,
+                                                 "signature": signature, "recovery_epochs": "1"},
+                                           files={"model": ("m", paths["ticket"].read_bytes())})
+                    ticket_id = response.json()["id"]
 
-                def verify(ticket_id=ticket_id, suspect_bytes=suspect_bytes) -> None:
-                    accepted = client.post("/v1/verifications", headers=headers,
-                                           data={"ticket_id": ticket_id},
-                                           files={"model": ("s", suspect_bytes)}).json()
-                    result = client.get(f"/v1/verifications/{accepted['id']}", headers=headers).json()
-                    assert result["status"] == "completed", result
+                    def verify(ticket_id=ticket_id, suspect_bytes=suspect_bytes) -> None:
+                        accepted = client.post("/v1/verifications", headers=headers,
+                                               data={"ticket_id": ticket_id},
+                                               files={"model": ("s", suspect_bytes)}).json()
+                        result = client.get(f"/v1/verifications/{accepted['id']}", headers=headers).json()
+                        assert result["status"] == "completed", result
 
-                rows.append((f"POST+GET /v1/verifications {arch} (inline job, SQLite, 9999 perms)",
-                             _time(verify, repeats)))
+                    tests = "topology" if signature == "fingerprint" else "topology + QR"
+                    rows.append((f"POST+GET /v1/verifications {arch}, {tests} (inline job, SQLite, 9999 perms)",
+                                 _time(verify, repeats)))
     return rows
 
 
