@@ -60,5 +60,6 @@ def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the
 
 def test_bad_signature_options_are_422(client, alice, model_files):
     for fields in ({"signature": "bogus"}, {"signature": "qr", "qr_version": "9"},
-                   {"signature": "qr", "qr_error": "Z"}, {"signature": "qr", "recovery_epochs": "-1"}):
+                   {"signature": "qr", "qr_error": "Z"}, {"signature": "qr", "recovery_epochs": "-1"},
+                   {"signature": "qr", "qr_version": "1"}, {"signature": "auto", "qr_version": "2"}):
         assert_json_error(register(client, alice.headers, model_files.ticket, **fields), 422)

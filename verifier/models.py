@@ -229,13 +229,14 @@ class ArchSpec:
     build: Callable[[tuple[int, ...], int], nn.Module]
     prunable: Callable[[nn.Module], list[str]]
     last_layer: str | None  # a prunable layer whose outputs are classes, not hidden units
-    input_layer: str | None = None  # a prunable layer whose inputs are the network's input pixels
+    input_layer: str | None = None  # a prunable layer whose inputs have fixed positions: input pixels,
+    # or a flattened feature map (its columns permute only in whole-channel blocks)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "lenet300_100": ArchSpec("lenet300_100", LeNet300100, _all_weights, "fc3.weight", "fc1.weight"),
     "resnet20": ArchSpec("resnet20", CifarResNet, _convs_but_stem, None),
-    "conv4": ArchSpec("conv4", Conv4, _conv4_prunable, None),
+    "conv4": ArchSpec("conv4", Conv4, _conv4_prunable, None, "fc1.weight"),
     "resnet18": ArchSpec("resnet18", resnet18, _convs_but_stem, None),
     "resnet50": ArchSpec("resnet50", resnet50, _convs_but_stem, None),
     "vgg16": ArchSpec("vgg16", vgg16, _vgg_prunable, None),
@@ -269,7 +270,8 @@ def hidden_axis(arch: str, param_name: str) -> int:
 
 
 def permutable_axes(arch: str, param_name: str) -> tuple[bool, bool]:
-    """Whether a prunable weight's rows (outputs) and columns (inputs) can be permuted without changing
-    the network's function: not the class outputs, not the input pixels."""
+    """Whether a prunable weight's rows (outputs) and columns (inputs) can be permuted freely without
+    changing the network's function: not the class outputs, not the input pixels, not the columns of
+    a flattened feature map."""
     spec = _spec(arch)
     return param_name != spec.last_layer, param_name != spec.input_layer

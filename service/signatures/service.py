@@ -12,13 +12,22 @@ import numpy as np
 import torch
 
 from service.datasets.catalog import DatasetRef, load
+from service.errors import APIError
 from service.jobs.context import JobContext
 from service.models import Signature
 from verifier.errors import VerifierError
 from verifier.masks import Mask
 from verifier.models import build_model
 from verifier.signatures.images import difference_png, expected_png, window_png
-from verifier.signatures.qr import Placement, QrCode, code_from_matrix, make_code, make_payload, payload_is_valid
+from verifier.signatures.qr import (
+    Placement,
+    QrCode,
+    code_from_matrix,
+    make_code,
+    make_payload,
+    payload_is_valid,
+    whitening_key,
+)
 from verifier.signatures.signing import read_signature, sign_ticket
 from verifier.tickets import load_ticket
 from verifier.training import TrainConfig
@@ -36,6 +45,14 @@ class SignatureRequest:
     keep_function_patterns: bool = True
     recovery_epochs: int = 2
     recovery_lr: float = 0.01
+
+
+def check_qr_fits(version: int, error: str) -> None:
+    """422 now, not a failed job later, when a payload cannot fit this QR version and level."""
+    try:
+        make_code(make_payload(b"probe", "owner", "ticket"), version=version, error=error)
+    except VerifierError as exc:
+        raise APIError(422, "invalid_signature", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -72,11 +89,12 @@ def sign_registration(ctx: JobContext, *, request: SignatureRequest, owner_id: s
 
     try:
         signed = sign_ticket(arch, load(ctx.store, dataset), weights, mask, rewind, code,
+                             key=whitening_key(ctx.settings.secret(), ticket_id),
                              keep_function_patterns=request.keep_function_patterns,
                              recovery=TrainConfig(epochs=epochs, lr=request.recovery_lr), seed=seed,
                              progress=on_epoch)
-    except VerifierError as exc:
-        if request.kind == "auto" and exc.code == "no_eligible_layer":
+    except VerifierError:
+        if request.kind == "auto":  # no layer large enough, no local copy of the data set, no room
             return None
         raise
     placement = signed.placement
@@ -104,7 +122,7 @@ def check_signature(*, secret: bytes, signature: Signature, owner_id: str, arch:
     owner's MAC (a valid one is decisive). The payload text itself is not returned."""
     code, placement = code_of(signature)
     result = read_signature(arch, code, placement, ticket_weights, suspect_weights, suspect_mask,
-                            permutations=permutations, seed=seed)
+                            key=whitening_key(secret, signature.ticket_id), permutations=permutations, seed=seed)
     decoded = result.pop("decoded")
     return {"ticket_id": signature.ticket_id, **result, "decoded": decoded is not None,
             "payload_valid": decoded is not None and payload_is_valid(secret, owner_id, signature.ticket_id, decoded)}

@@ -13,7 +13,7 @@ from service.errors import APIError
 from service.finding.service import found_ticket_path
 from service.jobs.service import visible_job
 from service.models import Signature, Ticket
-from service.signatures.service import SignatureRequest
+from service.signatures.service import SignatureRequest, check_qr_fits
 from service.tickets import service
 from service.tickets.schemas import Accepted, TicketList, TicketOut
 from verifier.models import architecture_names
@@ -75,6 +75,8 @@ def register_ticket(
             raise APIError(422, "invalid_request", "`arch` and `dataset` are required with a model file")
         source = model.file
     dataset_ref = check_arch_and_dataset(session, arch, dataset, owner=owner)
+    if signature in ("auto", "qr"):
+        check_qr_fits(qr_version, qr_error)
     request_signature = SignatureRequest(kind=signature, version=qr_version, error=qr_error,
                                          keep_function_patterns=keep_function_patterns,
                                          recovery_epochs=recovery_epochs)

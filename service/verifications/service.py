@@ -107,12 +107,15 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     p_value = bonferroni(raw_p, compared)
     decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
     qr = tests.get("qr")
+    decided_by = "p_value"
     if qr is not None and qr["payload_valid"]:
-        decided = "match"  # a decoded payload with a valid MAC names this ticket's owner: decisive
-    evidence.update({"schemes": tests["schemes"], "raw_p_value": raw_p,
-                     "correction": f"bonferroni over {compared} candidate(s) and {len(tests['schemes'])} test(s)"})
+        decided, decided_by = "match", "qr_mac"  # a decoded payload with a valid MAC is decisive
     owner_sees = ticket.owner_id == params["requester_id"]
     disclose = decided == "match" or owner_sees
+    if disclose:  # which tests a ticket carries is the ticket's business until it matches
+        evidence.update({"schemes": tests["schemes"], "raw_p_value": raw_p, "decided_by": decided_by,
+                         "correction": f"bonferroni over {compared} candidate(s) and "
+                                       f"{len(tests['schemes'])} test(s)"})
     topology = tests["topology"]
     evidence["topology"] = topology if disclose else {
         k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}

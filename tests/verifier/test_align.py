@@ -56,6 +56,7 @@ def test_fixed_axes_stay_fixed_and_shapes_must_agree():
     assert permutable_axes("lenet300_100", "fc1.weight") == (True, False)
     assert permutable_axes("lenet300_100", "fc3.weight") == (False, True)
     assert permutable_axes("resnet20", "layer1.0.conv1.weight") == (True, True)
+    assert permutable_axes("conv4", "fc1.weight") == (True, False)  # columns of a flattened map
     weight = _sparse_weights("lenet300_100", 0)["fc1.weight"]
     rows = torch.randperm(weight.shape[0], generator=torch.Generator().manual_seed(4))
     alignment = align_layer(weight, weight[rows], align_cols=False)

@@ -199,3 +199,19 @@ def test_evidence_images_are_valid_pngs_that_show_the_code(code):
     assert difference.shape == ((29 + 8) * 2, (29 + 8) * 2, 3)
     wrong = (window != code.connected) & code.data
     assert len(np.unique(difference.reshape(-1, 3), axis=0)) >= 4 and wrong.any()
+
+
+def test_whitening_hides_the_code_and_its_key_reveals_it(code):
+    from verifier.signatures.qr import whiten
+
+    key = b"k" * 32
+    written = whiten(code, key)
+    assert np.array_equal(whiten(written, key).dark, code.dark)  # its own inverse
+    assert np.array_equal(written.dark[~code.data], code.dark[~code.data])  # function patterns untouched
+    assert 0.4 < float((written.dark != code.dark)[code.data].mean()) < 0.6
+    assert not np.array_equal(whiten(code, b"other key").dark, written.dark)
+    mask, state, rewind = _ticket("resnet20", 0)
+    placement = choose_placement(mask, written)
+    raw = read_window(embed_code(mask, state, rewind, written, placement).mask, code, placement)
+    assert decode_window(raw, code) is None  # a thief trying every offset finds nothing
+    assert decode_window(raw ^ (written.dark ^ code.dark), code) == code.payload

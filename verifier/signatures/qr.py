@@ -33,10 +33,35 @@ MAX_VERSION = 6  # versions 7+ carry version-information blocks this module does
 _ALIGNMENT_CENTRE = {2: 18, 3: 22, 4: 26, 5: 30, 6: 34}
 
 
+def _derive(secret: bytes, purpose: str) -> bytes:
+    """A key for one purpose, so the server secret never MACs two kinds of message directly."""
+    return hmac.new(secret, f"ticketguard/{purpose}".encode(), hashlib.sha256).digest()
+
+
 def make_payload(secret: bytes, owner_id: str, ticket_id: str) -> str:
-    """`TG1:` + 24 base32 characters of HMAC-SHA256(secret, owner|ticket): fits version 3-H."""
-    digest = hmac.new(secret, f"{owner_id}|{ticket_id}".encode(), hashlib.sha256).digest()
+    """`TG1:` + 24 base32 characters of a MAC of owner|ticket under a key derived from the secret:
+    fits version 3-H."""
+    digest = hmac.new(_derive(secret, "qr-payload"), f"{owner_id}|{ticket_id}".encode(), hashlib.sha256).digest()
     return PAYLOAD_PREFIX + base64.b32encode(digest[:15]).decode()
+
+
+def whitening_key(secret: bytes, ticket_id: str) -> bytes:
+    """The key that hides one ticket's code in its mask (see `whiten`)."""
+    return hmac.new(_derive(secret, "qr-whitening"), ticket_id.encode(), hashlib.sha256).digest()
+
+
+def whiten(code: QrCode, key: bytes) -> QrCode:
+    """The code with its data modules XORed with a keystream (SHA-256 in counter mode under `key`).
+
+    This is what is written into the mask: without the key the window looks like noise, so nobody
+    holding the published ticket can find the code by trying to decode every offset (and then erase
+    it on purpose). XOR is its own inverse: `whiten(whiten(code, key), key)` is `code` again."""
+    count = int(code.data.sum())
+    stream = b"".join(hashlib.sha256(key + i.to_bytes(4, "big")).digest() for i in range((count + 255) // 256))
+    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:count].astype(bool)
+    flips = np.zeros_like(code.dark)
+    flips[code.data] = bits
+    return QrCode(payload=code.payload, version=code.version, error=code.error, dark=code.dark ^ flips)
 
 
 def payload_is_valid(secret: bytes, owner_id: str, ticket_id: str, payload: str) -> bool:

@@ -21,6 +21,7 @@ from verifier.signatures.qr import (
     embed_code,
     module_test,
     read_window,
+    whiten,
 )
 from verifier.training import TrainConfig, evaluate, train
 
@@ -37,18 +38,20 @@ class SignedTicket:
 
 
 def sign_ticket(arch: str, dataset: Dataset, weights: dict[str, torch.Tensor], mask: Mask,
-                rewind: dict[str, torch.Tensor], code: QrCode, *, keep_function_patterns: bool = True,
-                recovery: TrainConfig | None = None, seed: int = 0,
+                rewind: dict[str, torch.Tensor], code: QrCode, *, key: bytes | None = None,
+                keep_function_patterns: bool = True, recovery: TrainConfig | None = None, seed: int = 0,
                 progress: Callable[[int, float], None] | None = None) -> SignedTicket:
     """Place and write `code` (exact kept-weight count), then fine-tune with the new mask fixed on
     `dataset` to recover accuracy (`recovery.epochs` 0 skips it). Revived weights start from `rewind`.
+    With a `key` the data modules are whitened (`qr.whiten`) before they are written.
 
     Only layers whose rows and columns are both hidden units are eligible: there no two independent
     networks share positions, so an unrelated suspect has nothing in common with the window (the
     input layer's pixel columns, say, are blank at the border in every network)."""
     hidden = [name for name in mask if all(permutable_axes(arch, name))]
-    placement = choose_placement(mask, code, layers=hidden)
-    embedding = embed_code(mask, weights, rewind, code, placement, keep_function_patterns=keep_function_patterns)
+    written = whiten(code, key) if key is not None else code
+    placement = choose_placement(mask, written, layers=hidden)
+    embedding = embed_code(mask, weights, rewind, written, placement, keep_function_patterns=keep_function_patterns)
     model = build_model(arch, dataset.input_shape, dataset.num_classes)
     model.load_state_dict(weights)
     accuracy_before = evaluate(model, dataset.x_test, dataset.y_test)
@@ -71,22 +74,25 @@ def sign_ticket(arch: str, dataset: Dataset, weights: dict[str, torch.Tensor], m
 
 
 def read_signature(arch: str, code: QrCode, placement: Placement, ticket_weights: dict[str, torch.Tensor],
-                   suspect_weights: dict[str, torch.Tensor], suspect_mask: Mask, *, permutations: int = 9999,
-                   seed: int = 0) -> dict[str, Any]:
+                   suspect_weights: dict[str, torch.Tensor], suspect_mask: Mask, *, key: bytes | None = None,
+                   permutations: int = 9999, seed: int = 0) -> dict[str, Any]:
     """Align the suspect's signature layer to the ticket's (on the axes that can be permuted, from the
     weights outside the window, so the alignment knows nothing of the code), count the window's
-    matching data modules against the permutation null, and decode the window.
+    matching data modules against the permutation null, and decode the window. `key` is the
+    whitening key the code was written with, if any; the returned window is un-whitened.
 
     Returns JSON types: `p_value`, `module_test`, `decoded` (the payload text or None), `alignment`,
     the placement, and the window as rows of "0"/"1"."""
     layer = placement.layer
     rows, cols = permutable_axes(arch, layer)
-    window = (slice(placement.row, placement.row + code.size), slice(placement.col, placement.col + code.size))
+    block = (slice(placement.row, placement.row + code.size), slice(placement.col, placement.col + code.size))
     alignment = align_layer(ticket_weights[layer], suspect_weights[layer] * suspect_mask[layer],
-                            align_rows=rows, align_cols=cols, exclude=window)
-    test = module_test(suspect_mask, code, placement, alignment=alignment, permute_rows=rows, permute_cols=cols,
-                       permutations=permutations, seed=seed)
-    window = read_window(suspect_mask, code, placement, alignment)
+                            align_rows=rows, align_cols=cols, exclude=block)
+    written = whiten(code, key) if key is not None else code
+    test = module_test(suspect_mask, written, placement, alignment=alignment, permute_rows=rows,
+                       permute_cols=cols, permutations=permutations, seed=seed)
+    # un-whiten the window (XOR with the same flips) so it reads as the plain code
+    window = read_window(suspect_mask, code, placement, alignment) ^ (written.dark ^ code.dark)
     return {"p_value": test.p_value, "module_test": asdict(test) | {"agreement": test.agreement},
             "decoded": decode_window(window, code),
             "alignment": {"quality": alignment.quality, "identity": alignment.identity},
