@@ -3,7 +3,8 @@
     python benchmarks/qr_signatures.py [--arch lenet300_100] [--references 3] [--independent 30]
 
 Reference tickets: IMP with rewinding to init (3 rounds pruning 50 %, 15 epochs), seeds 0..R-1, each
-signed with a version 3-H QR code (function patterns kept from the map), recovery fine-tune 2 epochs
+signed with a version 3-H QR code, whitened with a per-ticket key as the service does (function
+patterns kept from the map), recovery fine-tune 2 epochs
 at lr 0.01. Independent tickets: the same recipe, seeds 1000..1000+N-1, read against every signed
 reference. Thieves start from each signed ticket. Each suspect is read with channel alignment and
 the module test (9,999 permutations by default); `match` means p <= 0.001 (Bonferroni over the
@@ -27,11 +28,13 @@ from verifier.attacks import fine_tune, permute_hidden_units, prune_further  # n
 from verifier.data import load_dataset  # noqa: E402
 from verifier.masks import Mask, apply_mask, global_magnitude_prune, mask_from_weights  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
-from verifier.signatures.qr import make_code, make_payload  # noqa: E402
+from verifier.signatures.qr import make_code, make_payload, whitening_key  # noqa: E402
 from verifier.signatures.signing import read_signature, sign_ticket  # noqa: E402
 from verifier.tickets import find_imp_ticket  # noqa: E402
 from verifier.topology import verdict  # noqa: E402
 from verifier.training import evaluate, train  # noqa: E402
+
+SECRET = b"benchmark secret"
 
 
 def _model(arch, data, state):
@@ -95,24 +98,25 @@ def main() -> None:
     print("|---:|---|---|---:|---:|---:|---:|---|")
     for seed in range(args.references):
         ticket = find_imp_ticket(args.arch, data, seed=seed, rounds=3, rate=0.5)
-        code = make_code(make_payload(b"benchmark secret", "owner", f"ticket-{seed}"))
-        result = sign_ticket(args.arch, data, ticket.state, ticket.mask, ticket.rewind, code, seed=seed)
+        code = make_code(make_payload(SECRET, "owner", f"ticket-{seed}"))
+        key = whitening_key(SECRET, f"ticket-{seed}")
+        result = sign_ticket(args.arch, data, ticket.state, ticket.mask, ticket.rewind, code, key=key, seed=seed)
         own = read_signature(args.arch, code, result.placement, result.weights, result.weights, result.mask,
-                             permutations=args.permutations, seed=seed)
+                             key=key, permutations=args.permutations, seed=seed)
         r = result.report
         print(f"| {seed} | {result.placement.layer} | ({result.placement.row}, {result.placement.col}) | "
               f"{r['placement_matched']}/{r['data_modules']} | {r['accuracy_before']:.4f} | "
               f"{r['accuracy_embedded']:.4f} | {r['accuracy_after']:.4f} | {own['decoded'] == code.payload} |")
-        signed.append((seed, code, result))
+        signed.append((seed, code, key, result))
     print("\n## Survival of a thief's moves (QR test alone, with alignment)\n")
     print("| attack | accuracy (mean over refs) | decoded | module p (max over refs) | agreement (min) | "
           "match |")
     print("|---|---:|---:|---:|---:|---:|")
     rows: dict[str, list] = {}
-    for seed, code, result in signed:
+    for seed, code, key, result in signed:
         for name, state in attacks(args.arch, data, result.weights, result.mask, seed=2000 + seed):
             mask = mask_from_weights(state, names)
-            read = read_signature(args.arch, code, result.placement, result.weights, state, mask,
+            read = read_signature(args.arch, code, result.placement, result.weights, state, mask, key=key,
                                   permutations=args.permutations, seed=seed)
             accuracy = evaluate(_model(args.arch, data, state), data.x_test, data.y_test)
             rows.setdefault(name, []).append((accuracy, read["decoded"] == code.payload, read["p_value"],
@@ -125,9 +129,9 @@ def main() -> None:
     p_values, decoded = [], 0
     for index in range(args.independent):
         other = find_imp_ticket(args.arch, data, seed=1000 + index, rounds=3, rate=0.5)
-        for seed, code, result in signed:
+        for seed, code, key, result in signed:
             read = read_signature(args.arch, code, result.placement, result.weights, other.state, other.mask,
-                                  permutations=args.permutations, seed=seed)
+                                  key=key, permutations=args.permutations, seed=seed)
             p_values.append(read["p_value"])
             decoded += read["decoded"] is not None
     p_sorted = sorted(p_values)
