@@ -1,6 +1,7 @@
 """QR signatures on digits: round trip and fidelity cost, survival of a thief's moves, and false positives.
 
-    python benchmarks/qr_signatures.py [--arch lenet300_100] [--references 3] [--independent 30]
+    python benchmarks/qr_signatures.py [--arch lenet300_100|resnet20] [--references 3] [--independent 30]
+                                       [--epochs 15]
 
 Reference tickets: IMP with rewinding to init (3 rounds pruning 50 %, 15 epochs), seeds 0..R-1, each
 signed with a version 3-H QR code, whitened with a per-ticket key as the service does (function
@@ -69,7 +70,7 @@ def attacks(arch, data, signed_state, mask, seed):
     for fraction in (0.005, 0.01, 0.02, 0.05):
         yield f"add-on {fraction:.1%} of pruned weights", _add_on(signed_state, mask, fraction, seed)
     permuted = permute_hidden_units(arch, signed_state, seed)
-    yield "hidden units permuted", permuted
+    yield "hidden units permuted" if arch == "lenet300_100" else "block channels permuted", permuted
     yield "permuted, then pruned a further 10%", pruned(0.1, permuted, mask_from_weights(permuted, list(mask)))
     dense = _model(arch, data, signed_state)
     train(dense, data.x_train, data.y_train, epochs=2, lr=0.01, seed=seed)  # mask dropped
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=3)
     parser.add_argument("--independent", type=int, default=30)
     parser.add_argument("--permutations", type=int, default=9999)
+    parser.add_argument("--epochs", type=int, default=15, help="Training epochs per IMP round.")
     args = parser.parse_args()
     started = time.monotonic()
     data = load_dataset("digits")
@@ -97,7 +99,7 @@ def main() -> None:
     print("| seed | layer | offset | matched before | accuracy before | embedded | after recovery | decoded |")
     print("|---:|---|---|---:|---:|---:|---:|---|")
     for seed in range(args.references):
-        ticket = find_imp_ticket(args.arch, data, seed=seed, rounds=3, rate=0.5)
+        ticket = find_imp_ticket(args.arch, data, seed=seed, rounds=3, rate=0.5, epochs=args.epochs)
         code = make_code(make_payload(SECRET, "owner", f"ticket-{seed}"))
         key = whitening_key(SECRET, f"ticket-{seed}")
         result = sign_ticket(args.arch, data, ticket.state, ticket.mask, ticket.rewind, code, key=key, seed=seed)
@@ -128,7 +130,7 @@ def main() -> None:
     print("\n## False positives: independent tickets read against each signed reference\n")
     p_values, decoded = [], 0
     for index in range(args.independent):
-        other = find_imp_ticket(args.arch, data, seed=1000 + index, rounds=3, rate=0.5)
+        other = find_imp_ticket(args.arch, data, seed=1000 + index, rounds=3, rate=0.5, epochs=args.epochs)
         for seed, code, key, result in signed:
             read = read_signature(args.arch, code, result.placement, result.weights, other.state, other.mask,
                                   key=key, permutations=args.permutations, seed=seed)

@@ -23,15 +23,26 @@ def prune_further(model: nn.Module, mask: Mask, fraction: float) -> Mask:
 
 
 def permute_hidden_units(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """A function-preserving permutation of every hidden unit of lenet300_100 (its outputs are
-    unchanged; every position-based comparison is scrambled). Other architectures: the attack issue."""
-    if arch != "lenet300_100":
-        raise ValueError(f"permute_hidden_units supports lenet300_100, not {arch}")
+    """A function-preserving permutation of hidden units: both hidden layers of lenet300_100, or the
+    internal channels of every residual block (conv, its BatchNorm, the next conv's inputs) of the
+    ResNets. The outputs are unchanged; every position-based comparison is scrambled. Other
+    architectures: the attack issue."""
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randperm(state["fc1.weight"].shape[0], generator=generator)
-    second = torch.randperm(state["fc2.weight"].shape[0], generator=generator)
+    if arch == "lenet300_100":
+        chains = [("fc1", None, "fc2"), ("fc2", None, "fc3")]
+    elif arch.startswith("resnet"):
+        blocks = sorted({key.rsplit(".conv1.weight", 1)[0] for key in state if key.endswith(".conv1.weight")
+                         and key.startswith("layer")})
+        chains = [(f"{b}.conv{i}", f"{b}.bn{i}", f"{b}.conv{i + 1}") for b in blocks for i in (1, 2)
+                  if f"{b}.conv{i + 1}.weight" in state]
+    else:
+        raise ValueError(f"permute_hidden_units supports lenet300_100 and the ResNets, not {arch}")
     out = dict(state)
-    out["fc1.weight"], out["fc1.bias"] = state["fc1.weight"][first], state["fc1.bias"][first]
-    out["fc2.weight"] = state["fc2.weight"][second][:, first]
-    out["fc2.bias"], out["fc3.weight"] = state["fc2.bias"][second], state["fc3.weight"][:, second]
+    for producer, norm, consumer in chains:
+        order = torch.randperm(out[f"{producer}.weight"].shape[0], generator=generator)
+        for key in [f"{producer}.weight", f"{producer}.bias"] + [
+                f"{norm}.{p}" for p in ("weight", "bias", "running_mean", "running_var")] * (norm is not None):
+            if key in out:
+                out[key] = out[key][order]
+        out[f"{consumer}.weight"] = out[f"{consumer}.weight"][:, order]
     return out
