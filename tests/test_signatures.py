@@ -63,3 +63,21 @@ def test_bad_signature_options_are_422(client, alice, model_files):
                    {"signature": "qr", "qr_error": "Z"}, {"signature": "qr", "recovery_epochs": "-1"},
                    {"signature": "qr", "qr_version": "1"}, {"signature": "auto", "qr_version": "2"}):
         assert_json_error(register(client, alice.headers, model_files.ticket, **fields), 422)
+
+
+def test_auto_falls_back_to_fingerprint_when_the_data_set_is_not_here(client, alice, tmp_path, monkeypatch):
+    from verifier.checkpoint import save_state_dict
+    from verifier.masks import magnitude_mask
+    from verifier.models import build_model, prunable_parameters
+
+    monkeypatch.setenv("TICKETGUARD_DATASETS_DIR", str(tmp_path / "no-datasets-here"))
+    model = build_model("lenet300_100", (1, 28, 28), 10)
+    state = model.state_dict()
+    names = prunable_parameters("lenet300_100", model)
+    mask = magnitude_mask({n: state[n] for n in names}, dict.fromkeys(names, 0.2))
+    save_state_dict({k: v * mask[k] if k in mask else v for k, v in state.items()}, tmp_path / "m.safetensors")
+    auto = register_ok(client, alice.headers, tmp_path / "m.safetensors", dataset="mnist", signature="auto")
+    assert auto["signature"] == "fingerprint" and auto["signature_report"] is None
+    response = register(client, alice.headers, tmp_path / "m.safetensors", dataset="mnist", signature="qr")
+    job = client.get(f"/v1/jobs/{response.json()['job_id']}", headers=alice.headers).json()
+    assert job["status"] == "failed" and "not found" in job["error"]
