@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="Job lease; renewed while a job runs.")
     max_attempts: int = Field(3, ge=1, description="Tries before a job whose worker died fails.")
     verify_permutations: int = Field(9999, ge=99, description="Permutations in the topology null.")
+    search_candidates: int = Field(5, ge=1, le=1000, description="Tickets a 1:N search tests in full: "
+                                   "the nearest to the suspect in the summary index.")
     match_alpha: float = Field(1e-3, gt=0, lt=1, description="p-value at or below which a "
                                "verification says `match`.")
     inconclusive_alpha: float = Field(1e-2, gt=0, lt=1, description="p-value below which a "
@@ -89,6 +91,7 @@ class Settings(BaseSettings):
             "TICKETGUARD_ARTIFACT_DIR": str(self.resolved_artifact_dir),
             "TICKETGUARD_VERIFY_PERMUTATIONS": str(self.verify_permutations),
             "TICKETGUARD_MATCH_ALPHA": str(self.match_alpha),
+            "TICKETGUARD_SEARCH_CANDIDATES": str(self.search_candidates),
             "TICKETGUARD_INCONCLUSIVE_ALPHA": str(self.inconclusive_alpha),
             "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
             "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 
+from fastapi.testclient import TestClient
 from safetensors.torch import load as load_safetensors
 
+from service.app import create_app
+from service.db import session_factory
+from service.models import TicketSummary
 from tests.helpers import register_ok, verify_ok
 
 
@@ -49,11 +53,31 @@ def test_search_over_many_tickets_still_matches_past_the_permutations_resolution
     for index in range(11):
         register_ok(client, bob.headers, model_files.independent, name=f"other {index}")
     result = verify_ok(client, bob.headers, model_files.stolen)
-    assert result["evidence"]["candidates_compared"] == 12
+    evidence = result["evidence"]
+    assert evidence["candidates_compatible"] == 12 and evidence["candidates_compared"] == 5  # the shortlist
     assert result["verdict"] == "match" and result["ticket_id"] == ticket["id"], result
-    assert result["p_value"] <= 1e-3 / 12
+    assert result["p_value"] <= 1e-3 / 5
     innocent = verify_ok(client, bob.headers, model_files.dense)
     assert innocent["verdict"] == "no_match"
+
+
+def test_search_tests_only_the_nearest_tickets_by_weight_summary(settings, alice, bob, model_files):
+    narrow = settings.model_copy(update={"search_candidates": 1})
+    with TestClient(create_app(narrow), raise_server_exceptions=False) as client:
+        for index in range(6):
+            register_ok(client, bob.headers, model_files.independent, name=f"other {index}")
+        ticket = register_ok(client, alice.headers, model_files.ticket)  # registered last, found first
+        first = verify_ok(client, bob.headers, model_files.stolen)
+        with session_factory(settings.resolved_database_url)() as session:
+            assert session.query(TicketSummary).count() == 7
+            session.query(TicketSummary).delete()  # as for tickets registered before the index existed
+            session.commit()
+        unindexed = verify_ok(client, bob.headers, model_files.stolen)
+    for result in (first, unindexed):
+        evidence = result["evidence"]
+        assert evidence["candidates_compatible"] == 7 and evidence["candidates_compared"] == 1
+        assert result["verdict"] == "match" and result["ticket_id"] == ticket["id"], result
+        assert 0 <= evidence["summary_distance"] < 0.01
 
 
 def test_independent_ticket_is_no_match(client, alice, model_files):

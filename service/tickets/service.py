@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -17,10 +18,12 @@ from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.modelfiles import parse_for_arch, store_mask, store_weights
-from service.models import Job, Owner, Signature, Ticket, utcnow
+from service.models import Job, Owner, Signature, Ticket, TicketSummary, utcnow
 from service.signatures.service import SignatureRequest, sign_registration
+from service.verifications.search import SUMMARY_KIND
 from service.visibility import get_visible
 from verifier.masks import densities, overall_density
+from verifier.summaries import spectral_summary
 
 REGISTER_KIND = "register_ticket"
 
@@ -66,7 +69,8 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
     return {"model_sha256": model_sha, "model_size": model_size, "mask_sha256": mask_sha,
             "mask_size": mask_size, "sparsity": 1.0 - overall_density(mask),
             "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},
-            "signature": kind, "credential": credential}
+            "signature": kind, "credential": credential,
+            "summary": spectral_summary(weights, parsed.prunable).tolist()}
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
@@ -81,6 +85,9 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
     credential = result.pop("credential")  # server-side only: not in the job result the API shows
     if credential:
         session.add(Signature(ticket_id=ticket.id, **credential))
+    summary = result.pop("summary")  # the search index's row; not part of what the job shows
+    session.add(TicketSummary(ticket_id=ticket.id, arch=ticket.arch, kind=SUMMARY_KIND,
+                              vector=np.asarray(summary, dtype="<f4").tobytes()))
     owner = session.get(Owner, ticket.owner_id)
     append_event(session, actor=owner.name, action="ticket.registered", subject=f"ticket:{ticket.id}",
                  owner_id=ticket.owner_id, ticket_id=ticket.id,

@@ -16,15 +16,17 @@ from service.db import session_factory
 from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
-from service.modelfiles import fit_to_template, parse_for_arch
+from service.modelfiles import ParsedModel, fit_to_template, parse_for_arch
 from service.models import Job, Owner, Signature, Ticket, Verification, utcnow
 from service.signatures.service import check_signature
 from service.tickets.service import visible_ticket
+from service.verifications.search import IndexEntry, index_entries, rank_entries
 from service.visibility import get_visible
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.errors import VerifierError
 from verifier.masks import load_mask
 from verifier.models import build_model, hidden_axis
+from verifier.summaries import spectral_summary
 from verifier.topology import bonferroni, compare_topology, estimate_suspect_mask, verdict
 
 VERIFY_KIND = "verify"
@@ -58,48 +60,43 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
     return verification
 
 
-def _candidates(session: Session, ticket_id: str | None) -> list[Ticket]:
-    query = select(Ticket).where(Ticket.status == "registered").order_by(Ticket.registered_at)
-    if ticket_id:
-        query = query.where(Ticket.id == ticket_id)
-    return list(session.execute(query).scalars())
-
-
 def run_verification(ctx: JobContext) -> dict[str, Any]:
-    """Job body: each compatible ticket is tested (topology; and the QR module test and decoding where
-    it is signed); the candidate with the smallest p decides, corrected for the number compared."""
+    """Job body: rank the compatible registered tickets by weight summary, then test the nearest few
+    in full (topology; and the QR module test and decoding where signed). The candidate with the
+    smallest p decides, corrected for the number tested; a decoded payload with a valid MAC ends
+    the search at once."""
     params, settings = ctx.params, ctx.settings
     with session_factory(settings.resolved_database_url)() as session:
-        candidates = _candidates(session, params["ticket_id"])
-        specs = {t.dataset: resolve_dataset(session, t.dataset, owner=None).spec for t in candidates}
-        signatures = {s.ticket_id: s for s in session.execute(
-            select(Signature).where(Signature.ticket_id.in_([t.id for t in candidates]))).scalars()}
-        session.expunge_all()
+        entries = index_entries(session, params["ticket_id"])
+        specs = {d: resolve_dataset(session, d, owner=None).spec for d in {e.dataset for e in entries}}
     weights, masks = split_masks(read_state_dict(ctx.store.path(params["suspect_sha256"])))
+    ctx.progress(0.05, f"ranking {len(entries)} registered ticket(s)", force=True)
+    ranked, suspects, incompatible = _rank(ctx, entries, specs, weights, masks)
+    shortlist = ranked[:settings.search_candidates]
+    with session_factory(settings.resolved_database_url)() as session:
+        ids = [entry.ticket_id for _, entry in shortlist]
+        tickets = {t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()}
+        signatures = {s.ticket_id: s for s in session.execute(
+            select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
+        session.expunge_all()
     seed = zlib.crc32(params["verification_id"].encode())
-    templates: dict[tuple[str, str], dict] = {}
     best: tuple[float, Ticket, dict] | None = None
-    compared, incompatible = 0, 0
-    for index, ticket in enumerate(candidates):
-        ctx.progress(index / max(1, len(candidates)), f"comparing with ticket {index + 1}/{len(candidates)}")
-        key = (ticket.arch, ticket.dataset)
-        if key not in templates:
-            templates[key] = build_model(ticket.arch, *specs[ticket.dataset]).state_dict()
-        try:
-            suspect = fit_to_template(weights, masks, template=templates[key], arch=ticket.arch,
-                                      spec=specs[ticket.dataset], require_sparse=False)
-        except VerifierError:
-            incompatible += 1
-            continue
-        compared += 1
+    compared = 0
+    for index, (distance, entry) in enumerate(shortlist):
+        ctx.progress(0.1 + 0.9 * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
+        ticket, suspect = tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
         tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
                                 suspect.mask if masks else None, seed)
+        tests["summary_distance"] = distance
+        compared += 1
         if best is None or _stronger(tests, best[2]):
             best = (tests["p_value"], ticket, tests)
+        if tests.get("qr", {}).get("payload_valid"):
+            break  # decisive: no later candidate can outweigh a valid MAC
     ctx.progress(1.0, "deciding", force=True)
     thresholds = {"match_alpha": settings.match_alpha, "inconclusive_alpha": settings.inconclusive_alpha}
-    evidence: dict[str, Any] = {"candidates_compared": compared, "incompatible_tickets": incompatible,
-                                "thresholds": thresholds}
+    evidence: dict[str, Any] = {"candidates_compatible": len(ranked), "candidates_compared": compared,
+                                "incompatible_tickets": incompatible, "thresholds": thresholds}
     if best is None:
         evidence["reason"] = "no registered ticket has an architecture the suspect fits"
         return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
@@ -114,8 +111,10 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     disclose = decided == "match" or owner_sees
     if disclose:  # which tests a ticket carries is the ticket's business until it matches
         evidence.update({"schemes": tests["schemes"], "raw_p_value": raw_p, "decided_by": decided_by,
-                         "correction": f"bonferroni over {compared} candidate(s) and "
-                                       f"{len(tests['schemes'])} test(s)"})
+                         "summary_distance": tests["summary_distance"],
+                         "correction": f"bonferroni over {compared} candidate(s) (the nearest of "
+                                       f"{len(ranked)} by weight summary) and {len(tests['schemes'])} "
+                                       "test(s)"})
     topology = tests["topology"]
     evidence["topology"] = topology if disclose else {
         k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
@@ -124,6 +123,31 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
     return {"verdict": decided, "p_value": p_value, "evidence": evidence,
             "ticket_id": ticket.id if disclose else None}
+
+
+def _rank(ctx: JobContext, entries: list[IndexEntry], specs: dict[str, Any], weights: dict,
+          masks: dict) -> tuple[list[tuple[float, IndexEntry]], dict[tuple[str, str], ParsedModel], int]:
+    """Fit the suspect once per (architecture, dataset) among the entries; rank the entries it fits,
+    nearest first. Returns the ranking, the fitted suspects and how many entries it does not fit."""
+    groups: dict[tuple[str, str], list[IndexEntry]] = {}
+    for entry in entries:
+        groups.setdefault((entry.arch, entry.dataset), []).append(entry)
+    ranked: list[tuple[float, IndexEntry]] = []
+    suspects: dict[tuple[str, str], ParsedModel] = {}
+    incompatible = 0
+    for (arch, dataset), group in groups.items():
+        spec = specs[dataset]
+        try:
+            suspect = fit_to_template(weights, masks, template=build_model(arch, *spec).state_dict(), arch=arch,
+                                      spec=spec, require_sparse=False)
+        except VerifierError:
+            incompatible += len(group)
+            continue
+        suspects[(arch, dataset)] = suspect
+        summary = spectral_summary(suspect.weights, suspect.prunable)
+        ranked += rank_entries(group, summary, suspect.prunable, ctx.store)
+    ranked.sort(key=lambda item: item[0])  # stable: equal distances keep registration order
+    return ranked, suspects, incompatible
 
 
 def _stronger(tests: dict[str, Any], than: dict[str, Any]) -> bool:

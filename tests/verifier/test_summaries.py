@@ -1,0 +1,36 @@
+"""Permutation-invariant weight summaries: what the 1:N search index compares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from verifier.attacks import permute_hidden_units
+from verifier.models import build_model, prunable_parameters
+from verifier.summaries import RANK, spectral_summary, summary_distances
+
+
+@pytest.mark.parametrize("arch", ["lenet300_100", "resnet20"])
+def test_summary_is_blind_to_channel_permutation_and_layer_scale(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, (1, 8, 8), 10)
+    names = prunable_parameters(arch, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    summary = spectral_summary(state, names)
+    assert summary.shape == (len(names) * RANK,) and summary.dtype == np.float32
+    permuted = permute_hidden_units(arch, state, seed=3)
+    assert any(not permuted[n].equal(state[n]) for n in names)
+    np.testing.assert_allclose(spectral_summary(permuted, names), summary, atol=1e-5)
+    scaled = dict(state) | {names[0]: state[names[0]] * 7.0}
+    np.testing.assert_allclose(spectral_summary(scaled, names), summary, atol=1e-5)
+    torch.manual_seed(1)
+    other = build_model(arch, (1, 8, 8), 10).state_dict()
+    distances = summary_distances(summary, np.stack([summary, spectral_summary(other, names)]), len(names))
+    assert distances[0] == pytest.approx(0.0, abs=1e-6) and distances[1] > 1e-3
+
+
+def test_layers_smaller_than_the_rank_are_padded():
+    weights = {"w": torch.randn(3, 5)}
+    summary = spectral_summary(weights, ["w"])
+    assert summary.shape == (RANK,) and np.all(summary[3:] == 0) and np.linalg.norm(summary) == pytest.approx(1.0)
