@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from verifier.masks import Mask, densities, magnitude_mask, mask_from_weights, o
 
 DENSE_THRESHOLD = 0.99
 CHUNK = 2000
+FIRST_CHUNK = 250
+STOP_AFTER = 10  # exceedances after which a permutation null stops drawing (Besag and Clifford's h)
 
 
 @dataclass
@@ -31,7 +34,7 @@ class TopologyResult:
     """Outcome of `compare_topology`; `to_dict()` gives plain JSON types."""
 
     p_value: float  # the permutation p, or the normal tail past the permutations' resolution
-    p_permutation: float
+    p_permutation: float  # sequential: drawing stops once STOP_AFTER permutations reach the statistic
     z: float
     p_normal: float
     observed_overlap: int
@@ -39,7 +42,7 @@ class TopologyResult:
     jaccard: float
     suspect_dense: bool
     estimated_layers: list[str]
-    permutations: int
+    permutations: int  # drawn, at most the number asked for
     layers: list[LayerEvidence]
 
     def to_dict(self) -> dict:
@@ -53,17 +56,35 @@ def _unit_overlaps(ticket: torch.Tensor, suspect: torch.Tensor, axis: int) -> np
     return (t @ s.T).numpy()
 
 
-def _null_overlaps(counts: list[np.ndarray], permutations: int, rng: np.random.Generator) -> np.ndarray:
-    """Total overlap under independent uniform permutations of each layer's suspect units."""
-    total = np.zeros(permutations)
+def _null_overlaps(counts: list[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Total overlap under `size` independent uniform permutations of each layer's suspect units."""
+    total = np.zeros(size)
     for c in counts:
         n = c.shape[0]
-        rows = np.arange(n)
-        for start in range(0, permutations, CHUNK):
-            size = min(CHUNK, permutations - start)
-            perms = np.argsort(rng.random((size, n)), axis=1)
-            total[start:start + size] += c[rows, perms].sum(axis=1)
+        perms = np.argsort(rng.random((size, n)), axis=1)
+        total += c[np.arange(n), perms].sum(axis=1)
     return total
+
+
+def sequential_null(draw: Callable[[int], np.ndarray], observed: float, permutations: int) -> tuple[np.ndarray, float]:
+    """Null statistics drawn in chunks (`draw(size)`) and the permutation p-value, stopping early
+    once STOP_AFTER of them reach `observed`: then p = STOP_AFTER / draws so far (Besag and
+    Clifford's sequential Monte Carlo p-value, valid like the full one). A clearly unremarkable
+    suspect costs a few hundred draws instead of all `permutations`; a remarkable one, where the
+    verdict turns on the tail, still gets every draw and p = (1 + #exceeding) / (1 + permutations)."""
+    parts, drawn, exceeded, size = [], 0, 0, FIRST_CHUNK
+    while drawn < permutations:
+        size = min(size, permutations - drawn)
+        values = draw(size)
+        hits = np.flatnonzero(values >= observed)
+        if exceeded + len(hits) >= STOP_AFTER:
+            last = int(hits[STOP_AFTER - exceeded - 1]) + 1
+            parts.append(values[:last])
+            return np.concatenate(parts), STOP_AFTER / (drawn + last)
+        parts.append(values)
+        exceeded, drawn, size = exceeded + len(hits), drawn + size, CHUNK
+    null = np.concatenate(parts)
+    return null, permutation_p(null, observed)
 
 
 def estimate_suspect_mask(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor],
@@ -110,18 +131,18 @@ def compare_topology(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor]
         layers.append(LayerEvidence(name, float(t.float().mean()), float(s.float().mean()),
                                     overlap / union if union else 0.0, overlap, float(c.sum() / c.shape[0])))
     observed = sum(layer.overlap for layer in layers)
-    null = _null_overlaps(counts, permutations, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    null, p_permutation = sequential_null(lambda size: _null_overlaps(counts, size, rng), observed, permutations)
     mean, std = float(null.mean()), float(null.std())
     z = (observed - mean) / std if std > 0 else (0.0 if observed == mean else float("inf"))
     union = sum(int((ticket_mask[n].bool() | suspect_mask[n].bool()).sum()) for n in names)
-    p_permutation, p_normal = permutation_p(null, observed), float(norm.sf(z))
+    p_normal = float(norm.sf(z))
     return TopologyResult(
         p_value=decision_p(p_permutation, p_normal, exceeded=bool((null >= observed).any())),
         p_permutation=p_permutation, z=float(z), p_normal=p_normal, observed_overlap=observed,
         expected_overlap=float(sum(layer.expected_overlap for layer in layers)),
         jaccard=observed / union if union else 0.0, suspect_dense=dense, estimated_layers=estimated,
-        permutations=permutations,
-        layers=layers)
+        permutations=len(null), layers=layers)
 
 
 def permutation_p(null: np.ndarray, observed: float) -> float:

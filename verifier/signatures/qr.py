@@ -25,7 +25,7 @@ from scipy.stats import norm
 from verifier.align import Alignment
 from verifier.errors import VerifierError
 from verifier.masks import Mask, connectivity_map, count_kept
-from verifier.topology import decision_p, permutation_p
+from verifier.topology import decision_p, sequential_null
 
 PAYLOAD_PREFIX = "TG1:"
 ERROR_LEVELS = ("L", "M", "Q", "H")
@@ -337,7 +337,7 @@ class ModuleTest:
     p_normal: float
     null_mean: float
     null_std: float
-    permutations: int
+    permutations: int  # drawn: the null stops early once it is clearly unremarkable
 
     @property
     def agreement(self) -> float:
@@ -358,26 +358,25 @@ def module_test(mask: Mask, code: QrCode, placement: Placement, *, alignment: Al
     full = layer_map(mask, placement, alignment)
     rng = np.random.default_rng(seed)
     n = code.size
-    null = np.empty(permutations, dtype=np.int64)
-    chunk = 1000
 
-    def draw(count: int, size: int, start: int, permute: bool) -> np.ndarray:
+    def pick(count: int, size: int, start: int, permute: bool) -> np.ndarray:
         if not permute:
             return np.broadcast_to(np.arange(start, start + n), (count, n))
         return np.argsort(rng.random((count, size)), axis=1)[:, :n]
 
-    for start in range(0, permutations, chunk):
-        count = min(chunk, permutations - start)
-        rows = draw(count, full.shape[0], placement.row, permute_rows)
-        cols = draw(count, full.shape[1], placement.col, permute_cols)
+    def draw(count: int) -> np.ndarray:
+        rows = pick(count, full.shape[0], placement.row, permute_rows)
+        cols = pick(count, full.shape[1], placement.col, permute_cols)
         windows = full[rows[:, :, None], cols[:, None, :]]
-        null[start:start + count] = ((windows == want) & data).sum(axis=(1, 2))
-    mean, std = float(null.mean()), float(null.std(ddof=1)) if permutations > 1 else 0.0
+        return ((windows == want) & data).sum(axis=(1, 2))
+
+    null, p_permutation = sequential_null(draw, observed, permutations)
+    mean, std = float(null.mean()), float(null.std(ddof=1)) if len(null) > 1 else 0.0
     z = (observed - mean) / std if std > 0 else (0.0 if observed == mean else float("inf"))
-    p_permutation, p_normal = permutation_p(null, observed), float(norm.sf(z))
+    p_normal = float(norm.sf(z))
     p_value = decision_p(p_permutation, p_normal, exceeded=bool((null >= observed).any()))
     return ModuleTest(observed, int(data.sum()), p_value, p_permutation, float(z), p_normal, mean, std,
-                      permutations)
+                      len(null))
 
 
 def render_window(window: np.ndarray, code: QrCode, *, scale: int = 4, quiet: int = 4) -> np.ndarray:
