@@ -22,6 +22,7 @@ from service.errors import APIError, error_body, install_error_handlers
 from service.finding.endpoints import router as finding_router
 from service.jobs.endpoints import router as jobs_router
 from service.jobs.executors import Executor, make_executor
+from service.locks.endpoints import router as locks_router
 from service.migrate import schema_is_current, upgrade
 from service.owners.endpoints import router as owners_router
 from service.tickets.endpoints import router as tickets_router
@@ -130,8 +131,8 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.state.executor = executor
     install_error_handlers(app)
     app.add_middleware(RequestGate, max_upload_bytes=settings.max_upload_bytes)
-    for router in (owners_router, datasets_router, finding_router, tickets_router, verifications_router,
-                   jobs_router, audit_router):
+    for router in (owners_router, datasets_router, finding_router, tickets_router, locks_router,
+                   verifications_router, jobs_router, audit_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -112,6 +112,20 @@ class Signature(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class TicketLock(Base):
+    """A ticket's key mask (scheme V1): the locked ticket is published, the key stays here."""
+
+    __tablename__ = "ticket_locks"
+
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    score: Mapped[str] = mapped_column(String(20))
+    key_fraction: Mapped[float] = mapped_column(Float)
+    key_mask_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
+    locked_model_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)  # key size, accuracies with and without the key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class TicketSummary(Base):
     """The 1:N search index: a registered ticket's permutation-invariant weight summary
     (`verifier.summaries.spectral_summary`), compared with a suspect's before any full test."""

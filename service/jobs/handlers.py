@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.finding.service import FIND_KIND, finish_find, run_find
 from service.jobs.context import JobContext
+from service.locks.service import LOCK_KIND, finish_lock, run_lock
 from service.models import Job, Ticket, Verification
 from service.tickets.service import REGISTER_KIND, finish_registration, run_registration
 from service.verifications.service import VERIFY_KIND, finish_verification, run_verification
@@ -25,6 +26,7 @@ HANDLERS: dict[str, Handler] = {
     REGISTER_KIND: Handler(run_registration, finish_registration),
     VERIFY_KIND: Handler(run_verification, finish_verification),
     FIND_KIND: Handler(run_find, finish_find),
+    LOCK_KIND: Handler(run_lock, finish_lock),
 }
 
 

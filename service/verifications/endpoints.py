@@ -34,11 +34,15 @@ def create_verification(
     background: BackgroundTasks,
     model: Annotated[UploadFile, File(description="The suspect model (.safetensors or .pt/.pth).")],
     ticket_id: Annotated[str | None, Form(description="One of your tickets; omit to search all.")] = None,
+    key_check: Annotated[bool, Form(description="With a locked `ticket_id`: also retrain from its rewind "
+                                    "weights with the suspect's mask, without and with the key, and report "
+                                    "the accuracy gap (minutes on a CPU).")] = False,
 ) -> Accepted:
     """Ask whether a suspect model derives from a registered ticket. Runs as a job."""
     with store.staged(model.file, max_bytes=settings.max_upload_bytes) as upload:
         verification = service.submit_verification(session, owner=owner, store=store, upload=upload,
-                                                   ticket_id=ticket_id, max_attempts=settings.max_attempts)
+                                                   ticket_id=ticket_id, key_check=key_check,
+                                                   max_attempts=settings.max_attempts)
     background.add_task(request.app.state.executor.submit, verification.job_id)
     return Accepted(id=verification.id, status=verification.status, job_id=verification.job_id)
 

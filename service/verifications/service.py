@@ -16,6 +16,7 @@ from service.db import session_factory
 from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
+from service.locks.service import key_check_params, run_key_check
 from service.modelfiles import ParsedModel, fit_to_template, parse_for_arch
 from service.models import Job, Owner, Signature, Ticket, Verification, utcnow
 from service.signatures.service import check_signature
@@ -33,14 +34,18 @@ VERIFY_KIND = "verify"
 
 
 def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
-                        ticket_id: str | None, max_attempts: int) -> Verification:
+                        ticket_id: str | None, max_attempts: int, key_check: bool = False) -> Verification:
     """Check the suspect can be read (and fits the named ticket), keep it, queue the job. Commits."""
+    if key_check and not ticket_id:
+        raise APIError(422, "invalid_request", "key_check needs the `ticket_id` of a locked ticket")
+    key_params = None
     if ticket_id:
         ticket = visible_ticket(session, owner=owner, ticket_id=ticket_id)
         if ticket.status != "registered":
             raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered")
         spec = resolve_dataset(session, ticket.dataset, owner=None).spec
         parse_for_arch(upload.path, arch=ticket.arch, spec=spec, require_sparse=False)
+        key_params = key_check_params(session, ticket) if key_check else None
     else:
         split_masks(read_state_dict(upload.path))
     record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="suspect")
@@ -50,7 +55,8 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
     session.flush()
     job = enqueue(session, owner_id=owner.id, kind=VERIFY_KIND,
                   params={"verification_id": verification.id, "suspect_sha256": upload.sha256,
-                          "ticket_id": ticket_id or None, "requester_id": owner.id},
+                          "ticket_id": ticket_id or None, "requester_id": owner.id,
+                          "key_check": key_params},
                   max_attempts=max_attempts)
     verification.job_id = job.id
     append_event(session, actor=owner.name, action="verification.requested",
@@ -83,7 +89,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     best: tuple[float, Ticket, dict] | None = None
     compared = 0
     for index, (distance, entry) in enumerate(shortlist):
-        ctx.progress(0.1 + 0.9 * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
+        span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
+        ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
         ticket, suspect = tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
         tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
                                 suspect.mask if masks else None, seed)
@@ -93,6 +100,12 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
             best = (tests["p_value"], ticket, tests)
         if tests.get("qr", {}).get("payload_valid"):
             break  # decisive: no later candidate can outweigh a valid MAC
+    key_evidence = None
+    if params.get("key_check") and best is not None:
+        ticket_mask = load_mask(ctx.store.path(best[1].mask_sha256))
+        suspect = suspects[(best[1].arch, best[1].dataset)]
+        mask, _, _ = estimate_suspect_mask(ticket_mask, suspect.weights, suspect.mask if masks else None)
+        key_evidence = run_key_check(ctx, params["key_check"], mask)
     ctx.progress(1.0, "deciding", force=True)
     thresholds = {"match_alpha": settings.match_alpha, "inconclusive_alpha": settings.inconclusive_alpha}
     evidence: dict[str, Any] = {"candidates_compatible": len(ranked), "candidates_compared": compared,
@@ -118,6 +131,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     topology = tests["topology"]
     evidence["topology"] = topology if disclose else {
         k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
+    if key_evidence is not None:
+        evidence["key_mask"] = key_evidence
     if qr is not None and disclose:
         # where the code sits and what the window shows stay with the ticket's owner
         evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
