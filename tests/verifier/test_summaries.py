@@ -8,7 +8,7 @@ import torch
 
 from verifier.attacks import permute_hidden_units
 from verifier.models import build_model, prunable_parameters
-from verifier.summaries import RANK, spectral_summary, summary_distances
+from verifier.summaries import RANK, spectral_summary, summary_distances, top_singular_values
 
 
 @pytest.mark.parametrize("arch", ["lenet300_100", "resnet20"])
@@ -34,3 +34,10 @@ def test_layers_smaller_than_the_rank_are_padded():
     weights = {"w": torch.randn(3, 5)}
     summary = spectral_summary(weights, ["w"])
     assert summary.shape == (RANK,) and np.all(summary[3:] == 0) and np.linalg.norm(summary) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shape", [(64, 16, 3, 3), (300, 64), (10, 100), (7, 7)])
+def test_top_singular_values_agree_with_a_full_svd(shape):
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    full = torch.linalg.svdvals(weight.double().reshape(shape[0], -1))[:RANK]
+    np.testing.assert_allclose(top_singular_values(weight, RANK).numpy(), full.numpy(), rtol=1e-9)
