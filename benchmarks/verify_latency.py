@@ -1,6 +1,6 @@
 """Verification latency on this machine: the topology test alone, and a whole verification via the API.
 
-    python benchmarks/verify_latency.py [--repeats 5]
+    python benchmarks/verify_latency.py [--repeats 5] [--archs lenet300_100 resnet20 resnet50]
 
 Prints a table (median and max of the repeats, milliseconds).
 """
@@ -11,12 +11,14 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import embedded_service, time_calls  # noqa: E402
 
 from verifier.masks import magnitude_mask  # noqa: E402
 from verifier.models import build_model, hidden_axis, prunable_parameters  # noqa: E402
@@ -34,19 +36,9 @@ def _ticket(arch: str, density: float, seed: int) -> tuple[dict, dict]:
     return weights, mask
 
 
-def _time(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
-
-
-def topology_rows(repeats: int) -> list[tuple[str, list[float]]]:
+def topology_rows(archs: list[str], repeats: int) -> list[tuple[str, list[float]]]:
     rows = []
-    for arch in ("lenet300_100", "resnet20"):
+    for arch in archs:
         ticket_weights, ticket_mask = _ticket(arch, 0.2, 0)
         suspect_weights, _ = _ticket(arch, 0.2, 1)
         axes = {name: hidden_axis(arch, name) for name in ticket_mask}
@@ -55,30 +47,21 @@ def topology_rows(repeats: int) -> list[tuple[str, list[float]]]:
                     axes=axes) -> None:
                 compare_topology(ticket_mask, suspect_weights, hidden_axes=axes, permutations=permutations)
 
-            times = _time(run, repeats)
+            times = time_calls(run, repeats)
             rows.append((f"compare_topology {arch}, {permutations} permutations", times))
     return rows
 
 
-def api_rows(repeats: int) -> list[tuple[str, list[float]]]:
+def api_rows(archs: list[str], repeats: int) -> list[tuple[str, list[float]]]:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.config import Settings
-    from service.db import session_factory
-    from service.owners.service import create_owner
     from verifier.checkpoint import save_state_dict
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), executor="inline", secret_key="bench")
-        app = create_app(settings)
-        with session_factory(settings.resolved_database_url)() as session:
-            _, key = create_owner(session, secret=settings.secret(), name="bench", is_admin=False,
-                                  actor="bench")
-        headers = {"Authorization": f"Bearer {key}"}
+        _, app, _, headers = embedded_service(Path(tmp))
         with TestClient(app) as client:
-            for arch in ("lenet300_100", "resnet20"):
+            for arch in archs:
                 ticket, _ = _ticket(arch, 0.2, 0)
                 suspect, _ = _ticket(arch, 0.2, 1)
                 paths = {}
@@ -102,16 +85,17 @@ def api_rows(repeats: int) -> list[tuple[str, list[float]]]:
 
                     tests = "topology" if signature == "fingerprint" else "topology + QR"
                     rows.append((f"POST+GET /v1/verifications {arch}, {tests} (inline job, SQLite, 9999 perms)",
-                                 _time(verify, repeats)))
+                                 time_calls(verify, repeats)))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--archs", nargs="+", default=["lenet300_100", "resnet20", "resnet50"])
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = topology_rows(args.repeats) + api_rows(args.repeats)
+    rows = topology_rows(args.archs, args.repeats) + api_rows(args.archs, args.repeats)
     width = max(len(name) for name, _ in rows)
     print(f"{'what':<{width}}  {'median ms':>10}  {'max ms':>8}")
     for name, times in rows:

@@ -1,0 +1,163 @@
+"""1:N search latency: one verification without `ticket_id` against 10 ... 10,000 registered tickets.
+
+    python benchmarks/search_scale.py [--arch resnet20] [--counts 10 100 1000 10000] [--repeats 3]
+
+The registry is filled in place (SQLite, local artifacts): random-initialised networks of the
+architecture built for digits' 1x8x8 input, each magnitude-pruned to 20 % per layer, stored as the
+registration job stores them (canonical weights, bit-packed mask, the summary index row). Two
+tickets are registered through the API: one with `signature=fingerprint`, one with `signature=qr`
+(1 recovery epoch on digits). Suspects, each verified through the API (inline job, the service's
+default 9,999 permutations): an independent ticket (every shortlisted candidate is tested in full),
+the fingerprint ticket pruned a further 10 % (topology test), and a channel-permuted copy of the QR
+ticket (decoded; a valid MAC ends the search). "rank" is the prefilter alone: reading the index and
+ranking every compatible ticket by summary distance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import embedded_service, time_calls  # noqa: E402
+
+from verifier.attacks import permute_hidden_units  # noqa: E402
+from verifier.masks import global_magnitude_prune, magnitude_mask, mask_from_weights  # noqa: E402
+from verifier.models import build_model, prunable_parameters  # noqa: E402
+from verifier.summaries import spectral_summary  # noqa: E402
+
+INPUT, CLASSES, DENSITY = (1, 8, 8), 10, 0.2
+
+
+def random_ticket(template: dict[str, torch.Tensor], names: list[str], seed: int) -> dict[str, torch.Tensor]:
+    """A freshly initialised network (He-normal weights), magnitude-pruned to DENSITY per layer."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = dict(template)
+    for name in names:
+        shape = template[name].shape
+        fan_in = template[name][0].numel()
+        weights[name] = torch.randn(shape, generator=generator) * (2.0 / fan_in) ** 0.5
+    mask = magnitude_mask(weights, dict.fromkeys(names, DENSITY))
+    return {k: (v * mask[k] if k in mask else v) for k, v in weights.items()}
+
+
+def fill(settings, owner_id: str, arch: str, template, names, start: int, stop: int) -> None:
+    """Register tickets start..stop-1 directly in the database and the artifact store."""
+    from service.artifact_records import record_artifact
+    from service.artifacts import ArtifactStore
+    from service.db import session_factory
+    from service.modelfiles import store_mask, store_weights
+    from service.models import Ticket, TicketSummary, utcnow
+    from service.verifications.search import SUMMARY_KIND
+
+    store = ArtifactStore(settings.resolved_artifact_dir)
+    with session_factory(settings.resolved_database_url)() as session:
+        for seed in range(start, stop):
+            weights = random_ticket(template, names, 10_000 + seed)
+            mask = mask_from_weights(weights, names)
+            model_sha, model_size = store_weights(store, weights)
+            mask_sha, mask_size = store_mask(store, mask)
+            record_artifact(session, sha256=model_sha, size=model_size, kind="model")
+            record_artifact(session, sha256=mask_sha, size=mask_size, kind="mask")
+            ticket = Ticket(owner_id=owner_id, name=f"bulk {seed}", arch=arch, dataset="digits",
+                            status="registered", upload_sha256=model_sha, model_sha256=model_sha,
+                            mask_sha256=mask_sha, sparsity=1 - DENSITY, layer_sparsity={},
+                            registered_at=utcnow(), signature="fingerprint")
+            session.add(ticket)
+            session.flush()
+            session.add(TicketSummary(ticket_id=ticket.id, arch=arch, kind=SUMMARY_KIND,
+                                      vector=spectral_summary(weights, names).astype("<f4").tobytes()))
+            if seed % 500 == 499:
+                session.commit()
+        session.commit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet20")
+    parser.add_argument("--counts", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from fastapi.testclient import TestClient
+
+    from service.artifacts import ArtifactStore
+    from service.db import session_factory
+    from service.verifications.search import index_entries, rank_entries
+    from verifier.checkpoint import save_state_dict
+
+    model = build_model(args.arch, INPUT, CLASSES)
+    template = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    names = prunable_parameters(args.arch, model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        settings, app, owner, headers = embedded_service(Path(tmp))
+        files = {}
+
+        def save(name: str, state: dict) -> bytes:
+            path = Path(tmp) / f"{name}.safetensors"
+            save_state_dict(state, path)
+            return path.read_bytes()
+
+        with TestClient(app) as client:
+            registered = {}
+            for seed, signature in ((1, "fingerprint"), (2, "qr")):
+                response = client.post("/v1/tickets", headers=headers,
+                                       data={"arch": args.arch, "dataset": "digits", "name": signature,
+                                             "signature": signature, "recovery_epochs": "1"},
+                                       files={"model": ("m", save(signature, random_ticket(template, names, seed)))})
+                ticket = client.get(f"/v1/tickets/{response.json()['id']}", headers=headers).json()
+                assert ticket["status"] == "registered" and ticket["signature"] == signature, ticket
+                registered[signature] = client.get(f"/v1/tickets/{ticket['id']}/model", headers=headers).content
+            from safetensors.torch import load as load_safetensors
+
+            fingerprint = load_safetensors(registered["fingerprint"])
+            pruned = global_magnitude_prune(fingerprint, mask_from_weights(fingerprint, names), 0.1)
+            files["independent ticket"] = save("independent", random_ticket(template, names, 3))
+            files["fingerprint ticket, pruned a further 10 %"] = save(
+                "pruned", {k: (v * pruned[k] if k in pruned else v) for k, v in fingerprint.items()})
+            files["QR ticket, channels permuted"] = save(
+                "permuted", permute_hidden_units(args.arch, copy.deepcopy(load_safetensors(registered["qr"])), 4))
+            present = 2
+            for count in sorted(args.counts):
+                fill(settings, owner.id, args.arch, template, names, present, count)
+                present = max(present, count)
+                store = ArtifactStore(settings.resolved_artifact_dir)
+                suspect = spectral_summary(load_safetensors(files["independent ticket"]), names)
+
+                def rank(store=store, suspect=suspect) -> None:
+                    with session_factory(settings.resolved_database_url)() as session:
+                        entries = index_entries(session, None)
+                    rank_entries(entries, suspect, names, store)
+
+                rank_times = time_calls(rank, args.repeats)
+                for name, data in files.items():
+                    verdicts = []
+
+                    def verify(data=data, verdicts=verdicts) -> None:
+                        accepted = client.post("/v1/verifications", headers=headers,
+                                               files={"model": ("s", data)}).json()
+                        result = client.get(f"/v1/verifications/{accepted['id']}", headers=headers).json()
+                        assert result["status"] == "completed", result
+                        verdicts.append(f"{result['verdict']} ({result['evidence']['candidates_compared']} tested)")
+
+                    times = time_calls(verify, args.repeats)
+                    rows.append((count, name, statistics.median(rank_times), statistics.median(times), max(times),
+                                 verdicts[-1]))
+                    print(rows[-1], file=sys.stderr, flush=True)
+    print("| tickets | suspect | rank ms | verification median ms | max ms | verdict |")
+    print("|---:|---|---:|---:|---:|---|")
+    for count, name, rank_ms, median, worst, result in rows:
+        print(f"| {count:,} | {name} | {rank_ms:.1f} | {median:.1f} | {worst:.1f} | {result} |")
+
+
+if __name__ == "__main__":
+    main()
