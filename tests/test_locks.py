@@ -81,8 +81,9 @@ def test_key_check_needs_a_locked_ticket_named(client, alice, model_files):
 
 def test_an_uploaded_ticket_has_no_rewind_weights_to_lock(client, alice, model_files):
     ticket = register_ok(client, alice.headers, model_files.ticket)
-    response = client.post(f"/v1/tickets/{ticket['id']}/lock", headers=alice.headers, json={})
-    assert_json_error(response, 409, "no_rewind_weights")
+    for body in ({"json": {}}, {}):  # a body of defaults, or none at all
+        response = client.post(f"/v1/tickets/{ticket['id']}/lock", headers=alice.headers, **body)
+        assert_json_error(response, 409, "no_rewind_weights")
 
 
 @pytest.mark.parametrize("body", [{"key_fraction": 0}, {"key_fraction": 0.9}, {"score": "random"},

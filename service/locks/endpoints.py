@@ -34,10 +34,12 @@ class LockOut(BaseModel):
 
 
 @router.post("/{ticket_id}/lock", status_code=202, response_model=Accepted)
-def lock(ticket_id: str, body: LockRequest, request: Request, owner: CurrentOwner, session: DbSession,
-         settings: SettingsDep, background: BackgroundTasks) -> Accepted:
+def lock(ticket_id: str, request: Request, owner: CurrentOwner, session: DbSession, settings: SettingsDep,
+         background: BackgroundTasks, body: LockRequest | None = None) -> Accepted:
     """Split the ticket's mask into a locked part (downloadable from `/locked-model`) and a key kept
-    here, as a job that also measures the accuracy gap retraining without the key leaves."""
+    here, as a job that also measures the accuracy gap retraining without the key leaves. Without a
+    body the defaults apply."""
+    body = body or LockRequest()
     ticket = visible_ticket(session, owner=owner, ticket_id=ticket_id)
     job = service.submit_lock(session, owner=owner, ticket=ticket, score=body.score,
                               key_fraction=body.key_fraction, epochs=body.epochs,
