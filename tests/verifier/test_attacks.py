@@ -9,7 +9,7 @@ from verifier.attacks import permute_hidden_units
 from verifier.models import build_model
 
 
-@pytest.mark.parametrize("arch", ["lenet300_100", "resnet20", "resnet50"])
+@pytest.mark.parametrize("arch", ["lenet300_100", "conv4", "resnet20", "resnet50"])
 def test_permuting_hidden_units_keeps_the_outputs(arch):
     torch.manual_seed(0)
     model = build_model(arch, (1, 8, 8), 10)
