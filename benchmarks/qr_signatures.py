@@ -70,7 +70,8 @@ def attacks(arch, data, signed_state, mask, seed):
     for fraction in (0.005, 0.01, 0.02, 0.05):
         yield f"add-on {fraction:.1%} of pruned weights", _add_on(signed_state, mask, fraction, seed)
     permuted = permute_hidden_units(arch, signed_state, seed)
-    yield "hidden units permuted" if arch == "lenet300_100" else "block channels permuted", permuted
+    names = {"lenet300_100": "hidden units permuted", "conv4": "channels and hidden units permuted"}
+    yield names.get(arch, "block channels permuted"), permuted
     yield "permuted, then pruned a further 10%", pruned(0.1, permuted, mask_from_weights(permuted, list(mask)))
     dense = _model(arch, data, signed_state)
     train(dense, data.x_train, data.y_train, epochs=2, lr=0.01, seed=seed)  # mask dropped
