@@ -73,7 +73,7 @@ def fill(settings, owner_id: str, arch: str, template, names, start: int, stop: 
                             registered_at=utcnow(), signature="fingerprint")
             session.add(ticket)
             session.flush()
-            session.add(TicketSummary(ticket_id=ticket.id, arch=arch, kind=SUMMARY_KIND,
+            session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
                                       vector=spectral_summary(weights, names).astype("<f4").tobytes()))
             if seed % 500 == 499:
                 session.commit()

@@ -133,7 +133,6 @@ class TicketSummary(Base):
     __tablename__ = "ticket_summaries"
 
     ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
-    arch: Mapped[str] = mapped_column(String(50), index=True)
     kind: Mapped[str] = mapped_column(String(30))  # which summary, e.g. "spectral-8"
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
 

@@ -23,17 +23,12 @@ def upgrade() -> None:
     op.create_table(
         "ticket_summaries",
         sa.Column("ticket_id", sa.String(length=32), nullable=False),
-        sa.Column("arch", sa.String(length=50), nullable=False),
         sa.Column("kind", sa.String(length=30), nullable=False),
         sa.Column("vector", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(["ticket_id"], ["tickets.id"], name=op.f("fk_ticket_summaries_ticket_id_tickets")),
         sa.PrimaryKeyConstraint("ticket_id", name=op.f("pk_ticket_summaries")),
     )
-    with op.batch_alter_table("ticket_summaries", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_ticket_summaries_arch"), ["arch"], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("ticket_summaries", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_ticket_summaries_arch"))
     op.drop_table("ticket_summaries")

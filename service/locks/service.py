@@ -48,17 +48,21 @@ def submit_lock(session: Session, *, owner: Owner, ticket: Ticket, score: str, k
         Job.kind == LOCK_KIND, Job.status.in_(("queued", "running")))).all()
     if any(params.get("ticket_id") == ticket.id for _, params in running):
         raise APIError(409, "lock_in_progress", f"ticket {ticket.id} is being locked already")
-    rewind = rewind_source(session, ticket)
-    if rewind is None:
+    if rewind_source(session, ticket) is None:
         raise APIError(409, "no_rewind_weights", "a key mask is checked by retraining from the ticket's rewind "
                        "weights, and an uploaded ticket has none: register a found ticket (`from_job`)")
-    dataset = resolve_dataset(session, ticket.dataset, owner=None)
     job = enqueue(session, owner_id=owner.id, kind=LOCK_KIND, max_attempts=max_attempts, params={
-        "ticket_id": ticket.id, "arch": ticket.arch, "dataset_ref": asdict(dataset), "rewind_sha256": rewind,
-        "model_sha256": ticket.model_sha256, "mask_sha256": ticket.mask_sha256, "score": score,
-        "key_fraction": key_fraction, "epochs": epochs})
+        **_ticket_params(session, ticket), "score": score, "key_fraction": key_fraction, "epochs": epochs})
     session.commit()
     return job
+
+
+def _ticket_params(session: Session, ticket: Ticket) -> dict[str, Any]:
+    """What `lock_inputs` reads in the worker: the ticket's artifacts, rewind source and dataset."""
+    return {"ticket_id": ticket.id, "arch": ticket.arch,
+            "dataset_ref": asdict(resolve_dataset(session, ticket.dataset, owner=None)),
+            "rewind_sha256": rewind_source(session, ticket), "model_sha256": ticket.model_sha256,
+            "mask_sha256": ticket.mask_sha256}
 
 
 def lock_inputs(ctx: JobContext, params: dict[str, Any]) -> tuple[FoundTicket, Any]:
@@ -132,10 +136,7 @@ def ticket_lock(session: Session, ticket: Ticket) -> TicketLock:
 def key_check_params(session: Session, ticket: Ticket) -> dict[str, Any]:
     """What a verification's key check needs, fixed when it is asked for (404 if the ticket is not locked)."""
     found = ticket_lock(session, ticket)
-    return {"ticket_id": ticket.id, "arch": ticket.arch,
-            "dataset_ref": asdict(resolve_dataset(session, ticket.dataset, owner=None)),
-            "rewind_sha256": rewind_source(session, ticket), "model_sha256": ticket.model_sha256,
-            "mask_sha256": ticket.mask_sha256, "key_mask_sha256": found.key_mask_sha256, "score": found.score,
+    return {**_ticket_params(session, ticket), "key_mask_sha256": found.key_mask_sha256, "score": found.score,
             "key_fraction": found.key_fraction, "epochs": found.report["train"]["epochs"],
             "registered_gap": found.report["gap"], "registered_forged_gap": found.report["forged_gap"]}
 

@@ -86,7 +86,7 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
     if credential:
         session.add(Signature(ticket_id=ticket.id, **credential))
     summary = result.pop("summary")  # the search index's row; not part of what the job shows
-    session.add(TicketSummary(ticket_id=ticket.id, arch=ticket.arch, kind=SUMMARY_KIND,
+    session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
                               vector=np.asarray(summary, dtype="<f4").tobytes()))
     owner = session.get(Owner, ticket.owner_id)
     append_event(session, actor=owner.name, action="ticket.registered", subject=f"ticket:{ticket.id}",

@@ -88,8 +88,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     seed = zlib.crc32(params["verification_id"].encode())
     best: tuple[float, Ticket, dict] | None = None
     compared = 0
+    span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
     for index, (distance, entry) in enumerate(shortlist):
-        span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
         ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
         ticket, suspect = tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
         tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
