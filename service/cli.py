@@ -92,6 +92,43 @@ def migrate() -> None:
     console.print(f"database at revision {current_revision(settings.resolved_database_url)}")
 
 
+@app.command()
+def calibrate(tickets: Annotated[list[str] | None, typer.Option(
+        "--ticket", help="Only this ticket (repeatable); it is measured again even if it has references.")] = None
+              ) -> None:
+    """Measure the aligned topology test's references for unsigned tickets that have none (registered
+    before calibration existed): each against the tickets registered before it, as a registration does."""
+    from sqlalchemy import select
+
+    from service.app import prepare_database
+    from service.artifacts import ArtifactStore
+    from service.db import session_factory
+    from service.models import Ticket, TopologyReference
+    from service.verifications.calibration import recalibrate
+    from verifier.aligned import STATISTIC
+
+    settings = get_settings()
+    prepare_database(settings)
+    store = ArtifactStore(settings.resolved_artifact_dir)
+    with session_factory(settings.resolved_database_url)() as session:
+        query = select(Ticket).where(Ticket.status == "registered", Ticket.signature != "qr")
+        if tickets:
+            query = query.where(Ticket.id.in_(tickets))
+        else:
+            calibrated = select(TopologyReference.ticket_id).where(TopologyReference.kind == STATISTIC)
+            query = query.where(Ticket.id.not_in(calibrated))
+        todo = list(session.execute(query.order_by(Ticket.registered_at)).scalars())
+        missing = set(tickets or []) - {t.id for t in todo}
+        if missing:
+            console.print(f"[red]not a registered unsigned ticket: {', '.join(sorted(missing))}[/red]")
+            raise typer.Exit(1)
+        for index, ticket in enumerate(todo, start=1):
+            count = recalibrate(session, store, ticket, limit=settings.topology_references)
+            console.print(f"{index}/{len(todo)} ticket {ticket.id} ({ticket.arch}, {ticket.dataset}): "
+                          f"{count} reference(s)")
+    console.print(f"calibrated {len(todo)} ticket(s)")
+
+
 @owners_app.command("create")
 def owners_create(name: str, admin: Annotated[bool, typer.Option("--admin")] = False) -> None:
     """Create an owner; its API key is printed once, on the last line."""

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     verify_permutations: int = Field(9999, ge=99, description="Permutations in the topology null.")
     search_candidates: int = Field(5, ge=1, le=1000, description="Tickets a 1:N search tests in full: "
                                    "the nearest to the suspect in the summary index.")
+    topology_references: int = Field(20, ge=0, le=200, description="Earlier registered tickets (same "
+                                     "architecture and dataset, density within a factor 2) a registration "
+                                     "is aligned against to calibrate its aligned topology test.")
+    topology_min_references: int = Field(10, ge=2, le=200, description="References a ticket needs before "
+                                         "verification runs its aligned topology test.")
+    aligned_candidates: int = Field(1, ge=0, le=1000, description="Unsigned tickets among a search's "
+                                    "shortlist (nearest first) that get the aligned topology test.")
     match_alpha: float = Field(1e-3, gt=0, lt=1, description="p-value at or below which a "
                                "verification says `match`.")
     inconclusive_alpha: float = Field(1e-2, gt=0, lt=1, description="p-value below which a "
@@ -92,6 +99,9 @@ class Settings(BaseSettings):
             "TICKETGUARD_VERIFY_PERMUTATIONS": str(self.verify_permutations),
             "TICKETGUARD_MATCH_ALPHA": str(self.match_alpha),
             "TICKETGUARD_SEARCH_CANDIDATES": str(self.search_candidates),
+            "TICKETGUARD_TOPOLOGY_REFERENCES": str(self.topology_references),
+            "TICKETGUARD_TOPOLOGY_MIN_REFERENCES": str(self.topology_min_references),
+            "TICKETGUARD_ALIGNED_CANDIDATES": str(self.aligned_candidates),
             "TICKETGUARD_INCONCLUSIVE_ALPHA": str(self.inconclusive_alpha),
             "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
             "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),

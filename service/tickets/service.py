@@ -14,12 +14,14 @@ from service.artifact_records import record_artifact
 from service.artifacts import ArtifactStore, Staged
 from service.audit.chain import append_event
 from service.datasets.catalog import DatasetRef
+from service.db import session_factory
 from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.modelfiles import parse_for_arch, store_mask, store_weights
 from service.models import Job, Owner, Signature, Ticket, TicketSummary, utcnow
 from service.signatures.service import SignatureRequest, sign_registration
+from service.verifications.calibration import calibrate_registration, store_references
 from service.verifications.search import SUMMARY_KIND
 from service.visibility import get_visible
 from verifier.masks import densities, overall_density
@@ -63,14 +65,22 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
         if signed is not None:
             weights, mask, credential = signed.weights, signed.mask, signed.credential
     kind = "qr" if credential else ("fingerprint" if request.kind == "auto" else request.kind)
-    ctx.progress(0.95, "storing weights and mask", force=True)
+    ctx.progress(0.8, "storing weights and mask", force=True)
     model_sha, model_size = store_weights(ctx.store, weights)
     mask_sha, mask_size = store_mask(ctx.store, mask)
+    references = []  # a QR ticket is judged by its code, not by the aligned topology test
+    if kind != "qr":
+        with session_factory(ctx.settings.resolved_database_url)() as session:
+            references = calibrate_registration(
+                session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha, arch=params["arch"],
+                dataset=params["dataset"], weights=weights, mask=mask, limit=ctx.settings.topology_references,
+                progress=lambda i, n: ctx.progress(0.85 + 0.14 * i / n, f"calibrating: reference {i + 1}/{n}"))
     return {"model_sha256": model_sha, "model_size": model_size, "mask_sha256": mask_sha,
             "mask_size": mask_size, "sparsity": 1.0 - overall_density(mask),
             "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},
             "signature": kind, "credential": credential,
-            "summary": spectral_summary(weights, parsed.prunable).tolist()}
+            "summary": spectral_summary(weights, parsed.prunable).tolist(),
+            "topology_references": references}
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
@@ -85,6 +95,9 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
     credential = result.pop("credential")  # server-side only: not in the job result the API shows
     if credential:
         session.add(Signature(ticket_id=ticket.id, **credential))
+    references = result.pop("topology_references")  # the calibration's rows; the job shows their count
+    store_references(session, ticket.id, [(reference_id, value) for reference_id, value in references])
+    result["topology_references"] = len(references)
     summary = result.pop("summary")  # the search index's row; not part of what the job shows
     session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
                               vector=np.asarray(summary, dtype="<f4").tobytes()))

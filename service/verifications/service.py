@@ -21,12 +21,14 @@ from service.modelfiles import ParsedModel, fit_to_template, parse_for_arch
 from service.models import Job, Owner, Signature, Ticket, Verification, utcnow
 from service.signatures.service import check_signature
 from service.tickets.service import visible_ticket
+from service.verifications.calibration import stored_references
 from service.verifications.search import IndexEntry, index_entries, rank_entries
 from service.visibility import get_visible
+from verifier.aligned import STATISTIC, aligned_overlap, calibrated_p
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.errors import VerifierError
 from verifier.masks import load_mask
-from verifier.models import build_model, hidden_axis
+from verifier.models import build_model, hidden_axis, permutable_axes
 from verifier.summaries import spectral_summary
 from verifier.topology import bonferroni, compare_topology, estimate_suspect_mask, verdict
 
@@ -84,6 +86,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         tickets = {t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()}
         signatures = {s.ticket_id: s for s in session.execute(
             select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
+        aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
+        references = stored_references(session, aligned_ids)
         session.expunge_all()
     seed = zlib.crc32(params["verification_id"].encode())
     best: tuple[float, Ticket, dict] | None = None
@@ -92,8 +96,10 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     for index, (distance, entry) in enumerate(shortlist):
         ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
         ticket, suspect = tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
+        calibration = references.get(ticket.id, []) if ticket.id in aligned_ids else None
         tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
-                                suspect.mask if masks else None, seed)
+                                suspect.mask if masks else None, seed, references=calibration,
+                                selection=1 if params["ticket_id"] else len(ranked))
         tests["summary_distance"] = distance
         compared += 1
         if best is None or _stronger(tests, best[2]):
@@ -133,6 +139,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
     if key_evidence is not None:
         evidence["key_mask"] = key_evidence
+    if "aligned_topology" in tests and disclose:
+        evidence["aligned_topology"] = tests["aligned_topology"]
     if qr is not None and disclose:
         # where the code sits and what the window shows stay with the ticket's owner
         evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
@@ -176,9 +184,12 @@ def _stronger(tests: dict[str, Any], than: dict[str, Any]) -> bool:
     return tests["p_value"] < than["p_value"]
 
 
-def _test_candidate(ctx: JobContext, ticket: Ticket, signature: Signature | None,
-                    suspect_weights: dict, suspect_mask: dict | None, seed: int) -> dict[str, Any]:
-    """Every test the ticket carries, and their combined p (Bonferroni over the tests)."""
+def _test_candidate(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
+                    suspect_mask: dict | None, seed: int, *, references: list[float] | None,
+                    selection: int) -> dict[str, Any]:
+    """Every test the ticket carries, and their combined p (Bonferroni over the tests). `references`
+    (None: not among the candidates that get it) calibrates the aligned topology test; `selection` is
+    how many tickets the candidate was chosen from, which that test's p is corrected for."""
     settings = ctx.settings
     ticket_mask = load_mask(ctx.store.path(ticket.mask_sha256))
     topology = compare_topology(
@@ -187,16 +198,39 @@ def _test_candidate(ctx: JobContext, ticket: Ticket, signature: Signature | None
         permutations=settings.verify_permutations, seed=seed).to_dict()
     tests: dict[str, Any] = {"schemes": ["topology"], "topology": topology}
     p_values = [topology["p_value"]]
+    mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
     if signature is not None:
-        mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
         tests["qr"] = check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
             suspect_mask=mask, permutations=settings.verify_permutations, seed=seed)
         tests["schemes"].append("qr")
         p_values.append(tests["qr"]["p_value"])
+    elif references is not None:
+        tests["aligned_topology"] = aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask,
+                                                            references, selection)
+        if aligned["calibrated"]:
+            tests["schemes"].append("aligned_topology")
+            p_values.append(aligned["p_value"])
     tests["p_value"] = bonferroni(min(p_values), len(p_values))
     return tests
+
+
+def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,
+                  references: list[float], selection: int) -> dict[str, Any]:
+    """The aligned topology test's evidence; `calibrated` False (and no p) while the ticket has fewer
+    references than the settings ask for. The p is corrected for `selection`: the shortlist was
+    chosen by weight summaries, which may correlate with aligned overlap among independent tickets,
+    so only a correction over every ticket it was chosen from keeps the p valid."""
+    needed = ctx.settings.topology_min_references
+    if len(references) < needed:
+        return {"calibrated": False, "references": len(references), "references_needed": needed}
+    overlap = aligned_overlap(read_state_dict(ctx.store.path(ticket.model_sha256)), ticket_mask, suspect_weights,
+                              suspect_mask, {name: permutable_axes(ticket.arch, name) for name in ticket_mask})
+    calibration = calibrated_p(overlap.kappa, references)
+    return {"calibrated": True, "statistic": STATISTIC, **overlap.to_dict(), **calibration.to_dict(),
+            "p_uncorrected": calibration.p_value, "selection_correction": selection,
+            "p_value": bonferroni(calibration.p_value, selection)}
 
 
 def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> None:

@@ -1,0 +1,106 @@
+"""Calibration of the aligned topology test: a registration measures the new ticket against the
+tickets registered before it, and a verification judges a suspect against those values.
+
+Under the null the suspect is one more independently found ticket, so its statistic against the
+ticket is exchangeable with the references' (`verifier.aligned.calibrated_p`). References are
+earlier tickets only: a copy of the ticket registered later (by whoever stole it) would otherwise
+join its null and shield it. A related earlier reference (the owner's own earlier ticket from the
+same run, say) widens the null, which can cost power but never produces a false match."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from service.artifacts import ArtifactStore
+from service.models import Ticket, TopologyReference
+from verifier.aligned import STATISTIC, aligned_overlap
+from verifier.checkpoint import read_state_dict
+from verifier.masks import Mask, load_mask, overall_density
+from verifier.models import permutable_axes
+
+DENSITY_FACTOR = 2.0  # references keep between 1/2 and 2 times the ticket's share of weights
+
+
+def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, arch: str, dataset: str,
+                      density: float, limit: int, before: datetime | None = None) -> list[Ticket]:
+    """The `limit` most recently registered tickets (registered before `before`, if given) of the same
+    architecture and dataset, with a density within DENSITY_FACTOR of `density`, one per distinct
+    model (the same file registered twice is one reference, and the ticket's own weights none)."""
+    low, high = density / DENSITY_FACTOR, min(1.0, density * DENSITY_FACTOR)
+    query = (select(Ticket).where(Ticket.status == "registered", Ticket.arch == arch, Ticket.dataset == dataset,
+                                  Ticket.id != ticket_id, Ticket.sparsity >= 1.0 - high, Ticket.sparsity <= 1.0 - low)
+             .order_by(Ticket.registered_at.desc(), Ticket.id.desc()).limit(4 * limit))
+    if before is not None:
+        query = query.where(Ticket.registered_at < before)
+    chosen: dict[str, Ticket] = {}
+    for ticket in session.execute(query).scalars():
+        if ticket.model_sha256 != model_sha256 and len(chosen) < limit:
+            chosen.setdefault(ticket.model_sha256, ticket)
+    return list(chosen.values())
+
+
+def measure_references(store: ArtifactStore, references: list[Ticket], *, arch: str, weights: dict, mask: Mask,
+                       progress: Callable[[int], None] | None = None) -> list[tuple[str, float]]:
+    """(reference id, statistic) of the ticket (`weights`, `mask`) against each reference, aligned the
+    way a suspect is: the ticket in its own order, the reference permuted onto it."""
+    permutable = {name: permutable_axes(arch, name) for name in mask}
+    values = []
+    for index, reference in enumerate(references):
+        if progress is not None:
+            progress(index)
+        reference_mask = load_mask(store.path(reference.mask_sha256))
+        if set(reference_mask) != set(mask):
+            continue  # another layer layout (registered under an older architecture definition)
+        reference_weights = read_state_dict(store.path(reference.model_sha256))
+        values.append((reference.id, aligned_overlap(weights, mask, reference_weights, reference_mask,
+                                                     permutable).kappa))
+    return values
+
+
+def calibrate_registration(session: Session, store: ArtifactStore, *, ticket_id: str, model_sha256: str, arch: str,
+                           dataset: str, weights: dict, mask: Mask, limit: int, before: datetime | None = None,
+                           progress: Callable[[int, int], None] | None = None) -> list[tuple[str, float]]:
+    """The references of a ticket being registered (or registered at `before`), measured, not stored:
+    a registration's final transaction stores them with the ticket."""
+    if limit == 0:
+        return []
+    references = reference_tickets(session, ticket_id=ticket_id, model_sha256=model_sha256, arch=arch,
+                                   dataset=dataset, density=overall_density(mask), limit=limit, before=before)
+    session.expunge_all()
+    report = (lambda index: progress(index, len(references))) if progress is not None else None
+    return measure_references(store, references, arch=arch, weights=weights, mask=mask, progress=report)
+
+
+def store_references(session: Session, ticket_id: str, values: list[tuple[str, float]]) -> None:
+    """Add a ticket's reference rows (for the current statistic) to the session."""
+    session.add_all(TopologyReference(ticket_id=ticket_id, reference_id=reference_id, kind=STATISTIC, value=value)
+                    for reference_id, value in values)
+
+
+def stored_references(session: Session, ticket_ids: list[str]) -> dict[str, list[float]]:
+    """Each ticket's stored reference values for the current statistic (tickets without any: absent)."""
+    rows = session.execute(select(TopologyReference.ticket_id, TopologyReference.value)
+                           .where(TopologyReference.ticket_id.in_(ticket_ids), TopologyReference.kind == STATISTIC))
+    values: dict[str, list[float]] = {}
+    for ticket_id, value in rows:
+        values.setdefault(ticket_id, []).append(value)
+    return values
+
+
+def recalibrate(session: Session, store: ArtifactStore, ticket: Ticket, *, limit: int) -> int:
+    """Measure a registered ticket's references again, from the tickets registered before it, and
+    replace its stored rows (for tickets registered before calibration existed, or with fewer
+    references than wanted). Commits; returns the number of references."""
+    weights, mask = read_state_dict(store.path(ticket.model_sha256)), load_mask(store.path(ticket.mask_sha256))
+    values = calibrate_registration(session, store, ticket_id=ticket.id, model_sha256=ticket.model_sha256,
+                                    arch=ticket.arch, dataset=ticket.dataset, weights=weights, mask=mask,
+                                    limit=limit, before=ticket.registered_at)
+    session.execute(delete(TopologyReference).where(TopologyReference.ticket_id == ticket.id,
+                                                    TopologyReference.kind == STATISTIC))
+    store_references(session, ticket.id, values)
+    session.commit()
+    return len(values)

@@ -1,0 +1,80 @@
+"""The aligned topology statistic and its calibration against references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from verifier.aligned import aligned_overlap, calibrated_p
+from verifier.attacks import permute_hidden_units
+from verifier.masks import magnitude_mask, mask_from_weights
+from verifier.models import build_model, permutable_axes, prunable_parameters
+
+
+def _ticket(arch: str, seed: int, density: float = 0.2) -> tuple[dict, dict]:
+    torch.manual_seed(seed)
+    model = build_model(arch, (1, 8, 8), 10)
+    names = prunable_parameters(arch, model)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    mask = magnitude_mask(weights, dict.fromkeys(names, density))
+    return {k: v * mask[k] if k in mask else v for k, v in weights.items()}, mask
+
+
+def _kappa(arch: str, ticket: tuple[dict, dict], suspect: dict) -> float:
+    weights, mask = ticket
+    permutable = {name: permutable_axes(arch, name) for name in mask}
+    return aligned_overlap(weights, mask, suspect, mask_from_weights(suspect, list(mask)), permutable).kappa
+
+
+@pytest.mark.parametrize("arch", ["lenet300_100", "resnet20"])
+def test_a_permuted_copy_aligns_back_to_full_overlap(arch):
+    ticket = _ticket(arch, 0)
+    permuted = permute_hidden_units(arch, ticket[0], seed=3)
+    assert _kappa(arch, ticket, permuted) == pytest.approx(1.0)
+    plain = sum(int((ticket[1][n] & mask_from_weights(permuted, [n])[n]).sum()) for n in ticket[1])
+    assert plain < 0.5 * sum(int(m.sum()) for m in ticket[1].values())  # unaligned, the copy is scrambled
+
+
+def test_an_independent_ticket_stays_far_from_a_copy():
+    ticket = _ticket("lenet300_100", 0)
+    independent = [_kappa("lenet300_100", ticket, _ticket("lenet300_100", seed)[0]) for seed in (1, 2, 3)]
+    assert max(independent) < 0.5  # alignment finds some overlap by chance, far from a copy's 1
+
+
+def test_rank_p_when_a_reference_reaches_the_statistic():
+    result = calibrated_p(0.5, [0.1, 0.2, 0.6, 0.3])
+    assert result.p_value == result.p_empirical == 2 / 5
+
+
+def test_predictive_tail_past_the_references():
+    refs = [0.27, 0.28, 0.275, 0.281, 0.269, 0.272, 0.278, 0.276, 0.274, 0.279]
+    far, near = calibrated_p(1.0, refs), calibrated_p(0.285, refs)
+    assert far.p_empirical == 1 / 11 and far.p_value == far.p_predictive < 1e-10
+    assert far.p_value < near.p_value <= near.p_empirical
+    assert far.z > 50
+
+
+def test_identical_references_give_only_the_rank_p():
+    result = calibrated_p(1.0, [0.3] * 10)
+    assert result.p_value == 1 / 11
+
+
+def test_a_related_reference_can_only_raise_the_p():
+    refs = [0.27, 0.28, 0.275, 0.281, 0.269, 0.272, 0.278, 0.276, 0.274, 0.279]
+    clean, contaminated = calibrated_p(0.9, refs), calibrated_p(0.9, refs[:-1] + [0.95])
+    assert contaminated.p_value > clean.p_value
+
+
+def test_calibration_is_valid_under_the_null():
+    rng = np.random.default_rng(0)
+    p_values = np.array([calibrated_p(rng.normal(0.3, 0.01), rng.normal(0.3, 0.01, size=10)).p_value
+                         for _ in range(4000)])
+    for alpha in (0.01, 0.05, 0.2):
+        assert (p_values <= alpha).mean() <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / 4000), alpha
+    assert (p_values <= 0.2).mean() > 0.15  # not vacuous: it does reach small p-values at the right rate
+
+
+def test_calibration_needs_two_references():
+    with pytest.raises(ValueError):
+        calibrated_p(0.5, [0.1])
