@@ -106,6 +106,12 @@ class Settings(BaseSettings):
             "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
             "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),
         })
+        # a worker's share of the cores for torch and BLAS, unless the operator chose: with every worker
+        # spinning up a thread per core, concurrent jobs oversubscribe the machine and small matrix
+        # products (channel alignment) slow down by an order of magnitude
+        threads = str(max(1, (os.cpu_count() or 1) // self.workers))
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(variable, threads)
         return env
 
 

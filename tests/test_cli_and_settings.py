@@ -175,3 +175,13 @@ def test_client_reports_an_unreachable_server(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli_app, ["verify", str(model), "--url", "http://127.0.0.1:9",
                                           "--api-key", "tg_x"])
     assert result.exit_code == 1 and "unreachable" in result.output
+
+
+def test_worker_processes_share_the_cores_unless_the_operator_chose(monkeypatch, tmp_path):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    env = Settings(data_dir=tmp_path, workers=2, secret_key="s").child_environment()
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == share
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert Settings(data_dir=tmp_path, workers=2, secret_key="s").child_environment()["OMP_NUM_THREADS"] == "7"
