@@ -25,62 +25,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import embedded_service, time_calls  # noqa: E402
+from common import embedded_service, fill, random_ticket, time_calls  # noqa: E402
 
 from verifier.attacks import permute_hidden_units  # noqa: E402
-from verifier.masks import global_magnitude_prune, magnitude_mask, mask_from_weights  # noqa: E402
+from verifier.masks import global_magnitude_prune, mask_from_weights  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
 from verifier.summaries import spectral_summary  # noqa: E402
 
-INPUT, CLASSES, DENSITY = (1, 8, 8), 10, 0.2
-
-
-def random_ticket(template: dict[str, torch.Tensor], names: list[str], seed: int) -> dict[str, torch.Tensor]:
-    """A freshly initialised network (He-normal weights), magnitude-pruned to DENSITY per layer."""
-    generator = torch.Generator().manual_seed(seed)
-    weights = dict(template)
-    for name in names:
-        shape = template[name].shape
-        fan_in = template[name][0].numel()
-        weights[name] = torch.randn(shape, generator=generator) * (2.0 / fan_in) ** 0.5
-    mask = magnitude_mask(weights, dict.fromkeys(names, DENSITY))
-    return {k: (v * mask[k] if k in mask else v) for k, v in weights.items()}
-
-
-def fill(settings, owner_id: str, arch: str, template, names, start: int, stop: int) -> None:
-    """Register tickets start..stop-1 directly in the database and the artifact store."""
-    from service.artifact_records import record_artifact
-    from service.artifacts import ArtifactStore
-    from service.db import session_factory
-    from service.modelfiles import store_mask, store_weights
-    from service.models import Ticket, TicketSummary, utcnow
-    from service.verifications.search import SUMMARY_KIND
-
-    store = ArtifactStore(settings.resolved_artifact_dir)
-    with session_factory(settings.resolved_database_url)() as session:
-        for seed in range(start, stop):
-            weights = random_ticket(template, names, 10_000 + seed)
-            mask = mask_from_weights(weights, names)
-            model_sha, model_size = store_weights(store, weights)
-            mask_sha, mask_size = store_mask(store, mask)
-            record_artifact(session, sha256=model_sha, size=model_size, kind="model")
-            record_artifact(session, sha256=mask_sha, size=mask_size, kind="mask")
-            ticket = Ticket(owner_id=owner_id, name=f"bulk {seed}", arch=arch, dataset="digits",
-                            status="registered", upload_sha256=model_sha, model_sha256=model_sha,
-                            mask_sha256=mask_sha, sparsity=1 - DENSITY, layer_sparsity={},
-                            registered_at=utcnow(), signature="fingerprint")
-            session.add(ticket)
-            session.flush()
-            session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
-                                      vector=spectral_summary(weights, names).astype("<f4").tobytes()))
-            if seed % 500 == 499:
-                session.commit()
-        session.commit()
+INPUT, CLASSES = (1, 8, 8), 10
 
 
 def calibrate_nearest(settings, store, ranked_ids: list[str]) -> None:
