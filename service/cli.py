@@ -103,7 +103,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
     from service.app import prepare_database
     from service.artifacts import ArtifactStore
     from service.db import session_factory
-    from service.models import Ticket, TopologyReference
+    from service.models import Ticket, TicketReference
     from service.verifications.calibration import recalibrate
     from verifier.aligned import STATISTIC
 
@@ -115,7 +115,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
         if tickets:
             query = query.where(Ticket.id.in_(tickets))
         else:
-            calibrated = select(TopologyReference.ticket_id).where(TopologyReference.kind == STATISTIC)
+            calibrated = select(TicketReference.ticket_id).where(TicketReference.kind == STATISTIC)
             query = query.where(Ticket.id.not_in(calibrated))
         todo = list(session.execute(query.order_by(Ticket.registered_at)).scalars())
         missing = set(tickets or []) - {t.id for t in todo}

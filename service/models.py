@@ -137,16 +137,16 @@ class TicketSummary(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian
 
 
-class TopologyReference(Base):
-    """Calibration of the aligned topology test: its statistic between a registered ticket and one of
-    the tickets registered before it (same architecture and dataset, similar density). Only earlier
-    tickets: a copy registered later, by a thief, must not widen the original's null."""
+class TicketReference(Base):
+    """Calibration: a statistic between a registered ticket and one of the tickets registered before
+    it (same architecture and dataset), e.g. the aligned topology test's kappa (`kind` names which).
+    Only earlier tickets: a copy registered later, by a thief, must not widen the original's null."""
 
-    __tablename__ = "topology_references"
+    __tablename__ = "ticket_references"
 
     ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
     reference_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(30))  # which statistic, e.g. "aligned-kappa-2"
+    kind: Mapped[str] = mapped_column(String(30), primary_key=True)  # which statistic, e.g. "aligned-kappa-2"
     value: Mapped[float] = mapped_column(Float)
 
 

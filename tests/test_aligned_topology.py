@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from service.cli import app as cli_app
 from service.config import get_settings
 from service.db import session_factory
-from service.models import TopologyReference
+from service.models import TicketReference
 from tests.helpers import register_ok, verify_ok
 from verifier.attacks import permute_hidden_units
 from verifier.checkpoint import save_state_dict
@@ -70,9 +70,9 @@ def test_permuted_copy_of_an_unsigned_ticket_is_caught_once_calibrated(client, s
     ticket = register_ok(client, alice.headers, files.ticket)
     assert _job_result(client, alice.headers, ticket)["topology_references"] == 10
     with session_factory(settings.resolved_database_url)() as session:
-        rows = session.execute(select(TopologyReference).where(TopologyReference.ticket_id == ticket["id"])).all()
+        rows = session.execute(select(TicketReference).where(TicketReference.ticket_id == ticket["id"])).all()
         assert len(rows) == 10
-        first_rows = session.execute(select(TopologyReference).where(TopologyReference.ticket_id == first["id"])).all()
+        first_rows = session.execute(select(TicketReference).where(TicketReference.ticket_id == first["id"])).all()
         assert first_rows == []  # earlier tickets only: nothing was registered before the first
 
     stolen = verify_ok(client, alice.headers, files.permuted, ticket_id=ticket["id"])
@@ -105,7 +105,7 @@ def test_calibrate_command_measures_tickets_registered_without_references(client
     ids = [register_ok(client, alice.headers, path, name=f"ref {i}")["id"]
            for i, path in enumerate(files.references[:3])]
     with session_factory(settings.resolved_database_url)() as session:
-        session.execute(delete(TopologyReference))  # as for tickets registered before calibration existed
+        session.execute(delete(TicketReference))  # as for tickets registered before calibration existed
         session.commit()
     monkeypatch.setenv("TICKETGUARD_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("TICKETGUARD_DATABASE_URL", settings.resolved_database_url)
@@ -117,7 +117,7 @@ def test_calibrate_command_measures_tickets_registered_without_references(client
         assert result.exit_code == 0, result.output
         assert "calibrated 3 ticket(s)" in result.output
         with session_factory(settings.resolved_database_url)() as session:
-            counts = [len(session.execute(select(TopologyReference).where(TopologyReference.ticket_id == i)).all())
+            counts = [len(session.execute(select(TicketReference).where(TicketReference.ticket_id == i)).all())
                       for i in ids]
         assert counts == [0, 1, 2]  # each against the tickets registered before it
         assert "calibrated 1 ticket(s)" in runner.invoke(cli_app, ["calibrate"]).output  # only the one without

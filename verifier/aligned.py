@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from scipy.stats import chi2
 from scipy.stats import t as student_t
 
 from verifier.align import align_layer
@@ -30,6 +31,7 @@ from verifier.topology import decision_p
 
 ITERATIONS = 2  # alternating row/column rounds per layer (align_layer's): enough for copies, cheap for a search
 STATISTIC = f"aligned-kappa-{ITERATIONS}"  # names the statistic that stored references hold
+SPREAD_CONFIDENCE = 0.99  # the predictive tail uses the references' sd at this upper confidence bound
 
 @dataclass
 class AlignedLayer:
@@ -114,7 +116,10 @@ def calibrated_p(observed: float, references: Sequence[float]) -> Calibration:
     (no reference reaches `observed`) the p is the predictive tail of a normal fitted to the
     references: (x - mean) / (sd * sqrt(1 + 1/n)) follows Student's t with n - 1 degrees of freedom
     for a new draw from the same normal, which accounts for having estimated mean and sd from n
-    values. Identical references give no tail, only the rank p. A reference related to the ticket
+    values. The sd is taken at its upper SPREAD_CONFIDENCE bound (chi-square): a margin against
+    tails heavier than the normal's, which a few references cannot show (on digits, conv4's null
+    put one of 90 independent pairs at p = 4e-4 without it); a stolen copy sits hundreds of sds
+    out and does not notice. Identical references give no tail, only the rank p. A reference related to the ticket
     (a copy registered before it) widens the fit and can only make the p larger."""
     refs = np.asarray(references, dtype=np.float64)
     n = len(refs)
@@ -123,7 +128,8 @@ def calibrated_p(observed: float, references: Sequence[float]) -> Calibration:
     mean, sd = float(refs.mean()), float(refs.std(ddof=1))
     if refs.max() > refs.min():
         z = (observed - mean) / sd
-        p_predictive = float(student_t.sf(z / np.sqrt(1 + 1 / n), df=n - 1))
+        bound = sd * np.sqrt((n - 1) / chi2.ppf(1 - SPREAD_CONFIDENCE, n - 1))
+        p_predictive = float(student_t.sf((observed - mean) / (bound * np.sqrt(1 + 1 / n)), df=n - 1))
     else:  # identical references (duplicates): no spread to extrapolate from, the rank p is all there is
         z, p_predictive = (0.0 if observed <= mean else float("inf")), 1.0
     exceeded = bool((refs >= observed).any())

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
-from service.models import Ticket, TopologyReference
+from service.models import Ticket, TicketReference
 from verifier.aligned import STATISTIC, aligned_overlap
 from verifier.checkpoint import read_state_dict
 from verifier.masks import Mask, load_mask, overall_density
@@ -77,14 +77,14 @@ def calibrate_registration(session: Session, store: ArtifactStore, *, ticket_id:
 
 def store_references(session: Session, ticket_id: str, values: list[tuple[str, float]]) -> None:
     """Add a ticket's reference rows (for the current statistic) to the session."""
-    session.add_all(TopologyReference(ticket_id=ticket_id, reference_id=reference_id, kind=STATISTIC, value=value)
+    session.add_all(TicketReference(ticket_id=ticket_id, reference_id=reference_id, kind=STATISTIC, value=value)
                     for reference_id, value in values)
 
 
 def stored_references(session: Session, ticket_ids: list[str]) -> dict[str, list[float]]:
     """Each ticket's stored reference values for the current statistic (tickets without any: absent)."""
-    rows = session.execute(select(TopologyReference.ticket_id, TopologyReference.value)
-                           .where(TopologyReference.ticket_id.in_(ticket_ids), TopologyReference.kind == STATISTIC))
+    rows = session.execute(select(TicketReference.ticket_id, TicketReference.value)
+                           .where(TicketReference.ticket_id.in_(ticket_ids), TicketReference.kind == STATISTIC))
     values: dict[str, list[float]] = {}
     for ticket_id, value in rows:
         values.setdefault(ticket_id, []).append(value)
@@ -99,8 +99,8 @@ def recalibrate(session: Session, store: ArtifactStore, ticket: Ticket, *, limit
     values = calibrate_registration(session, store, ticket_id=ticket.id, model_sha256=ticket.model_sha256,
                                     arch=ticket.arch, dataset=ticket.dataset, weights=weights, mask=mask,
                                     limit=limit, before=ticket.registered_at)
-    session.execute(delete(TopologyReference).where(TopologyReference.ticket_id == ticket.id,
-                                                    TopologyReference.kind == STATISTIC))
+    session.execute(delete(TicketReference).where(TicketReference.ticket_id == ticket.id,
+                                                    TicketReference.kind == STATISTIC))
     store_references(session, ticket.id, values)
     session.commit()
     return len(values)
