@@ -126,6 +126,20 @@ class TicketLock(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class TriggerSet(Base):
+    """A ticket's trigger set (scheme V3): keyed inputs and labels embedded at registration. Server-side
+    only; its owner may download it (to query a suspect and upload the answers)."""
+
+    __tablename__ = "trigger_sets"
+
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
+    artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))  # .npz: x (float32), y (int64)
+    size: Mapped[int] = mapped_column(Integer)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)  # share, epochs, accuracies before and after
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class TicketSummary(Base):
     """The 1:N search index: a registered ticket's permutation-invariant weight summary
     (`verifier.summaries.spectral_summary`), compared with a suspect's before any full test."""

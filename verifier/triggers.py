@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
-from scipy.stats import binomtest
+from scipy.stats import beta, binomtest
 from torch import nn
 
 from verifier.masks import Mask
@@ -92,10 +93,11 @@ def mixed_training_set(x: torch.Tensor, y: torch.Tensor, triggers: TriggerSet,
 
 
 def embed_triggers(model: nn.Module, mask: Mask, x: torch.Tensor, y: torch.Tensor, triggers: TriggerSet, *,
-                   share: float, epochs: int, lr: float = 0.01, seed: int = 0) -> None:
+                   share: float, epochs: int, lr: float = 0.01, seed: int = 0,
+                   progress: Callable[[int, float], None] | None = None) -> None:
     """Fine-tune `model` in place on the data mixed with the trigger set, the mask fixed."""
     mixed_x, mixed_y = mixed_training_set(x, y, triggers, share)
-    train(model, mixed_x, mixed_y, epochs=epochs, lr=lr, seed=seed, mask=mask)
+    train(model, mixed_x, mixed_y, epochs=epochs, lr=lr, seed=seed, mask=mask, progress=progress)
 
 
 def trigger_matches(model: nn.Module, triggers: TriggerSet) -> int:
@@ -107,3 +109,17 @@ def chance_p(matches: int, total: int, num_classes: int) -> float:
     """One-sided binomial p of at least `matches` of `total` against chance (1/classes), exact for
     any model that never saw the key."""
     return float(binomtest(matches, total, 1.0 / num_classes, alternative="greater").pvalue)
+
+
+NULL_CONFIDENCE = 0.99  # the references' match rate is taken at its upper Clopper-Pearson bound
+
+
+def empirical_p(matches: int, total: int, reference_matches: list[int], num_classes: int) -> tuple[float, float]:
+    """(p, null rate): one-sided binomial p of `matches` against the rate at which independently
+    registered models (`reference_matches`, each out of `total`) answer the same triggers, taken at
+    its upper NULL_CONFIDENCE bound and never below chance. Guards what the chance test assumes:
+    that nothing but the key links the labels to a model's answers."""
+    observed, trials = sum(reference_matches), total * len(reference_matches)
+    upper = float(beta.ppf(NULL_CONFIDENCE, observed + 1, trials - observed)) if observed < trials else 1.0
+    rate = max(1.0 / num_classes, upper)
+    return float(binomtest(matches, total, rate, alternative="greater").pvalue), rate

@@ -4,7 +4,7 @@ import io
 from typing import Annotated, BinaryIO, Literal
 
 from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from safetensors.torch import save as save_safetensors
 
 from service.datasets.catalog import DatasetRef, resolve_dataset
@@ -12,10 +12,11 @@ from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.errors import APIError
 from service.finding.service import found_ticket_path
 from service.jobs.service import visible_job
-from service.models import Signature, Ticket
+from service.models import Signature, Ticket, TriggerSet
 from service.signatures.service import SignatureRequest, check_qr_fits
 from service.tickets import service
 from service.tickets.schemas import Accepted, TicketList, TicketOut
+from service.triggers.service import TriggerRequest, owned_trigger_set, trigger_set_npz
 from verifier.models import architecture_names
 from verifier.tickets import load_ticket
 
@@ -31,13 +32,16 @@ def check_arch_and_dataset(session, arch: str, dataset: str, *, owner) -> Datase
 
 
 def ticket_out(session, ticket: Ticket) -> TicketOut:
-    """A ticket as its owner sees it (the signature's fidelity report included, not its credential)."""
+    """A ticket as its owner sees it (the signature's and the trigger set's fidelity reports included,
+    not the credential or the triggers)."""
     signature = session.get(Signature, ticket.id)
+    triggers = session.get(TriggerSet, ticket.id)
     return TicketOut(id=ticket.id, name=ticket.name, arch=ticket.arch, dataset=ticket.dataset,
                      status=ticket.status, sparsity=ticket.sparsity, layer_sparsity=ticket.layer_sparsity,
                      model_sha256=ticket.model_sha256, job_id=ticket.job_id, created_at=ticket.created_at,
                      registered_at=ticket.registered_at, error=ticket.error, signature=ticket.signature,
-                     signature_report=signature.report if signature else None)
+                     signature_report=signature.report if signature else None,
+                     trigger_set_report=triggers.report if triggers else None)
 
 
 @router.post("", status_code=202, response_model=Accepted)
@@ -60,6 +64,15 @@ def register_ticket(
         description="Leave finder, timing and format modules as the mask had them (the code stays hidden).")] = True,
     recovery_epochs: Annotated[int, Form(ge=0, le=100, description="Fine-tuning epochs with the signed mask "
                                          "fixed, on the ticket's dataset, to recover accuracy.")] = 2,
+    trigger_set: Annotated[bool, Form(description="Also embed a secret trigger set (keyed out-of-distribution "
+                                      "inputs with keyed labels) for black-box verification.")] = False,
+    trigger_size: Annotated[int, Form(ge=10, le=1000, description="Trigger inputs.")] = 100,
+    trigger_share: Annotated[float, Form(gt=0, le=0.5, description="Part of every training batch that is "
+                                         "trigger inputs (0.25 on digits; the paper's 1/128 is for CIFAR's "
+                                         "50,000 images).")] = 0.25,
+    trigger_epochs: Annotated[int, Form(ge=1, le=200, description="Fine-tuning epochs, mask fixed, on the "
+                                        "data mixed with the triggers.")] = 20,
+    trigger_lr: Annotated[float, Form(gt=0, le=1, description="Learning rate of that fine-tune.")] = 0.1,
 ) -> Accepted:
     """Register ownership of a ticket. The model is validated now; the record is written by a job."""
     if not name.isprintable():
@@ -83,7 +96,10 @@ def register_ticket(
     with store.staged(source, max_bytes=settings.max_upload_bytes) as upload:
         ticket = service.submit_registration(session, owner=owner, store=store, upload=upload, name=name,
                                              arch=arch, dataset=dataset_ref, signature=request_signature,
-                                             rewind_sha256=rewind_sha256, max_attempts=settings.max_attempts)
+                                             rewind_sha256=rewind_sha256, max_attempts=settings.max_attempts,
+                                             triggers=TriggerRequest(enabled=trigger_set, size=trigger_size,
+                                                                     share=trigger_share, epochs=trigger_epochs,
+                                                                     lr=trigger_lr))
     background.add_task(request.app.state.executor.submit, ticket.job_id)
     return Accepted(id=ticket.id, status=ticket.status, job_id=ticket.job_id)
 
@@ -119,3 +135,14 @@ def download_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession, sto
     ticket = service.visible_ticket(session, owner=owner, ticket_id=ticket_id)
     return FileResponse(service.ticket_model_path(store, ticket), media_type="application/octet-stream",
                         filename=f"ticket-{ticket.id}.safetensors")
+
+
+@router.get("/{ticket_id}/trigger-set", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "An .npz archive."}})
+def download_trigger_set(ticket_id: str, owner: CurrentOwner, session: DbSession, store: Store) -> Response:
+    """Your ticket's trigger set as .npz: `x` (float32, the dataset's input shape, values in [0, 1])
+    and `y` (int64 labels). Query a suspect with `x` in this order and upload its answers to
+    `POST /v1/verifications` (`answers`). Only the ticket's owner: 404 for anyone else."""
+    found = owned_trigger_set(session, owner=owner, ticket_id=ticket_id)
+    return Response(trigger_set_npz(store, found), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="triggers-{ticket_id}.npz"'})

@@ -29,6 +29,7 @@ class TicketOut(BaseModel):
     error: str | None = None
     signature: str = "none"
     signature_report: dict[str, Any] | None = None  # placement, changes made, accuracy before/after
+    trigger_set_report: dict[str, Any] | None = None  # size, share, test and trigger accuracy before/after
 
 
 class TicketList(BaseModel):

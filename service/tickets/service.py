@@ -19,8 +19,15 @@ from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.modelfiles import parse_for_arch, store_mask, store_weights
-from service.models import Job, Owner, Signature, Ticket, TicketSummary, utcnow
+from service.models import Job, Owner, Signature, Ticket, TicketSummary, TriggerSet, utcnow
 from service.signatures.service import SignatureRequest, sign_registration
+from service.triggers.service import (
+    TRIGGER_MATCHES,
+    TriggerRequest,
+    embed_for_registration,
+    save_triggers,
+    trigger_references,
+)
 from service.verifications.calibration import calibrate_registration, store_references
 from service.verifications.search import SUMMARY_KIND
 from service.visibility import get_visible
@@ -32,7 +39,8 @@ REGISTER_KIND = "register_ticket"
 
 def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
                         name: str, arch: str, dataset: DatasetRef, signature: SignatureRequest,
-                        rewind_sha256: str | None, max_attempts: int) -> Ticket:
+                        rewind_sha256: str | None, max_attempts: int,
+                        triggers: TriggerRequest | None = None) -> Ticket:
     """Validate the uploaded model now (422 on bad input), keep it, queue its registration. Commits.
 
     `rewind_sha256` names a found ticket whose rewind weights a QR signature revives weights from."""
@@ -42,7 +50,8 @@ def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore,
                     upload_sha256=upload.sha256, status="pending")
     session.add(ticket)
     session.flush()
-    params = registration_params(ticket, dataset) | {"signature": asdict(signature), "rewind_sha256": rewind_sha256}
+    params = registration_params(ticket, dataset) | {"signature": asdict(signature), "rewind_sha256": rewind_sha256,
+                                                     "triggers": asdict(triggers or TriggerRequest())}
     job = enqueue(session, owner_id=owner.id, kind=REGISTER_KIND, params=params, max_attempts=max_attempts)
     ticket.job_id = job.id
     session.commit()
@@ -65,12 +74,30 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
         if signed is not None:
             weights, mask, credential = signed.weights, signed.mask, signed.credential
     kind = "qr" if credential else ("fingerprint" if request.kind == "auto" else request.kind)
+    trigger_request, embedded = TriggerRequest(**params.get("triggers") or {}), None
+    if trigger_request.enabled:
+        epochs = trigger_request.epochs
+        embedded = embed_for_registration(
+            ctx, request=trigger_request, ticket_id=params["ticket_id"], arch=params["arch"], dataset=dataset,
+            weights=weights, mask=mask,
+            progress=lambda epoch, loss: ctx.progress(0.4 + 0.35 * (epoch + 1) / epochs,
+                                                      f"trigger-set fine-tune: epoch {epoch + 1}/{epochs}, "
+                                                      f"loss {loss:.4f}"))
+        weights = embedded.weights
     ctx.progress(0.8, "storing weights and mask", force=True)
     model_sha, model_size = store_weights(ctx.store, weights)
     mask_sha, mask_size = store_mask(ctx.store, mask)
-    references = []  # a QR ticket is judged by its code, not by the aligned topology test
-    if kind != "qr":
-        with session_factory(ctx.settings.resolved_database_url)() as session:
+    references, trigger_set = [], None  # a QR ticket is judged by its code, not by the aligned topology test
+    with session_factory(ctx.settings.resolved_database_url)() as session:
+        if embedded is not None:
+            artifact_sha, artifact_size = save_triggers(ctx.store, embedded.triggers)
+            trigger_set = {"artifact_sha256": artifact_sha, "artifact_size": artifact_size,
+                           "size": len(embedded.triggers), "num_classes": dataset.spec[1], "report": embedded.report,
+                           "references": trigger_references(
+                               session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha,
+                               arch=params["arch"], dataset=dataset, triggers=embedded.triggers,
+                               limit=ctx.settings.topology_references)}
+        if kind != "qr":
             references = calibrate_registration(
                 session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha, arch=params["arch"],
                 dataset=params["dataset"], weights=weights, mask=mask, limit=ctx.settings.topology_references,
@@ -80,7 +107,7 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
             "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},
             "signature": kind, "credential": credential,
             "summary": spectral_summary(weights, parsed.prunable).tolist(),
-            "topology_references": references}
+            "topology_references": references, "trigger_set": trigger_set}
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
@@ -98,6 +125,16 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
     references = result.pop("topology_references")  # the calibration's rows; the job shows their count
     store_references(session, ticket.id, [(reference_id, value) for reference_id, value in references])
     result["topology_references"] = len(references)
+    trigger_set = result.pop("trigger_set")  # server-side: the job shows the report only
+    if trigger_set is not None:
+        record_artifact(session, sha256=trigger_set["artifact_sha256"], size=trigger_set["artifact_size"],
+                        kind="trigger_set")
+        session.add(TriggerSet(ticket_id=ticket.id, artifact_sha256=trigger_set["artifact_sha256"],
+                               size=trigger_set["size"], num_classes=trigger_set["num_classes"],
+                               report=trigger_set["report"]))
+        store_references(session, ticket.id, [(rid, value) for rid, value in trigger_set["references"]],
+                         kind=TRIGGER_MATCHES)
+        result["trigger_set"] = trigger_set["report"] | {"references": len(trigger_set["references"])}
     summary = result.pop("summary")  # the search index's row; not part of what the job shows
     session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
                               vector=np.asarray(summary, dtype="<f4").tobytes()))

@@ -26,14 +26,16 @@ DENSITY_FACTOR = 2.0  # references keep between 1/2 and 2 times the ticket's sha
 
 
 def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, arch: str, dataset: str,
-                      density: float, limit: int, before: datetime | None = None) -> list[Ticket]:
+                      density: float | None, limit: int, before: datetime | None = None) -> list[Ticket]:
     """The `limit` most recently registered tickets (registered before `before`, if given) of the same
-    architecture and dataset, with a density within DENSITY_FACTOR of `density`, one per distinct
-    model (the same file registered twice is one reference, and the ticket's own weights none)."""
-    low, high = density / DENSITY_FACTOR, min(1.0, density * DENSITY_FACTOR)
+    architecture and dataset, with a density within DENSITY_FACTOR of `density` (None: any), one per
+    distinct model (the same file registered twice is one reference, and the ticket's own weights none)."""
     query = (select(Ticket).where(Ticket.status == "registered", Ticket.arch == arch, Ticket.dataset == dataset,
-                                  Ticket.id != ticket_id, Ticket.sparsity >= 1.0 - high, Ticket.sparsity <= 1.0 - low)
+                                  Ticket.id != ticket_id)
              .order_by(Ticket.registered_at.desc(), Ticket.id.desc()).limit(4 * limit))
+    if density is not None:
+        low, high = density / DENSITY_FACTOR, min(1.0, density * DENSITY_FACTOR)
+        query = query.where(Ticket.sparsity >= 1.0 - high, Ticket.sparsity <= 1.0 - low)
     if before is not None:
         query = query.where(Ticket.registered_at < before)
     chosen: dict[str, Ticket] = {}
@@ -75,16 +77,17 @@ def calibrate_registration(session: Session, store: ArtifactStore, *, ticket_id:
     return measure_references(store, references, arch=arch, weights=weights, mask=mask, progress=report)
 
 
-def store_references(session: Session, ticket_id: str, values: list[tuple[str, float]]) -> None:
-    """Add a ticket's reference rows (for the current statistic) to the session."""
-    session.add_all(TicketReference(ticket_id=ticket_id, reference_id=reference_id, kind=STATISTIC, value=value)
+def store_references(session: Session, ticket_id: str, values: list[tuple[str, float]], *,
+                     kind: str = STATISTIC) -> None:
+    """Add a ticket's reference rows of one kind (default: the aligned test's statistic) to the session."""
+    session.add_all(TicketReference(ticket_id=ticket_id, reference_id=reference_id, kind=kind, value=value)
                     for reference_id, value in values)
 
 
-def stored_references(session: Session, ticket_ids: list[str]) -> dict[str, list[float]]:
-    """Each ticket's stored reference values for the current statistic (tickets without any: absent)."""
+def stored_references(session: Session, ticket_ids: list[str], *, kind: str = STATISTIC) -> dict[str, list[float]]:
+    """Each ticket's stored reference values of one kind (tickets without any: absent)."""
     rows = session.execute(select(TicketReference.ticket_id, TicketReference.value)
-                           .where(TicketReference.ticket_id.in_(ticket_ids), TicketReference.kind == STATISTIC))
+                           .where(TicketReference.ticket_id.in_(ticket_ids), TicketReference.kind == kind))
     values: dict[str, list[float]] = {}
     for ticket_id, value in rows:
         values.setdefault(ticket_id, []).append(value)
