@@ -77,6 +77,11 @@ class ArtifactStore:
         with open(source, "rb") as handle, self.staged(handle, max_bytes=1 << 62) as staged:
             return self.keep(staged), staged.size
 
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store bytes the service already holds; returns (sha256, size)."""
+        with self.staged([data], max_bytes=1 << 62) as staged:
+            return self.keep(staged), staged.size
+
     def adopt(self, tmp: Path, sha256: str) -> str:
         target = self.path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)

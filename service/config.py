@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -10,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,10 +43,25 @@ class Settings(BaseSettings):
                                          "verification runs its aligned topology test.")
     aligned_candidates: int = Field(1, ge=0, le=1000, description="Unsigned tickets among a search's "
                                     "shortlist (nearest first) that get the aligned topology test.")
+    endpoint_allow_http_hosts: str = Field("", description="Comma-separated host names a remote prediction "
+                                           "endpoint may be called over plain http (default: https only).")
+    endpoint_allow_networks: str = Field("", description="Comma-separated networks (CIDR) an endpoint may "
+                                         "resolve to although private, loopback or otherwise non-public.")
+    endpoint_connect_timeout: float = Field(5.0, gt=0, le=60, description="Seconds to connect to an endpoint.")
+    endpoint_read_timeout: float = Field(30.0, gt=0, le=600, description="Seconds to wait for an answer.")
+    endpoint_max_response_bytes: int = Field(1 << 20, gt=0, description="Largest endpoint answer accepted.")
+    endpoint_batch_size: int = Field(64, ge=1, le=1024, description="Inputs per endpoint request.")
     match_alpha: float = Field(1e-3, gt=0, lt=1, description="p-value at or below which a "
                                "verification says `match`.")
     inconclusive_alpha: float = Field(1e-2, gt=0, lt=1, description="p-value below which a "
                                       "non-match is `inconclusive` rather than `no_match`.")
+
+    @field_validator("endpoint_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for network in filter(None, (n.strip() for n in value.split(","))):
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad entry
+        return value
 
     @property
     def resolved_database_url(self) -> str:
@@ -102,6 +118,12 @@ class Settings(BaseSettings):
             "TICKETGUARD_TOPOLOGY_REFERENCES": str(self.topology_references),
             "TICKETGUARD_TOPOLOGY_MIN_REFERENCES": str(self.topology_min_references),
             "TICKETGUARD_ALIGNED_CANDIDATES": str(self.aligned_candidates),
+            "TICKETGUARD_ENDPOINT_ALLOW_HTTP_HOSTS": self.endpoint_allow_http_hosts,
+            "TICKETGUARD_ENDPOINT_ALLOW_NETWORKS": self.endpoint_allow_networks,
+            "TICKETGUARD_ENDPOINT_CONNECT_TIMEOUT": str(self.endpoint_connect_timeout),
+            "TICKETGUARD_ENDPOINT_READ_TIMEOUT": str(self.endpoint_read_timeout),
+            "TICKETGUARD_ENDPOINT_MAX_RESPONSE_BYTES": str(self.endpoint_max_response_bytes),
+            "TICKETGUARD_ENDPOINT_BATCH_SIZE": str(self.endpoint_batch_size),
             "TICKETGUARD_INCONCLUSIVE_ALPHA": str(self.inconclusive_alpha),
             "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
             "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),

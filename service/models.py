@@ -193,7 +193,12 @@ class Verification(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
     requested_ticket_id: Mapped[str | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
-    suspect_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))
+    suspect_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), nullable=True)  # None:
+    # a remote endpoint; the uploaded answers' JSON for `answers`
+    mode: Mapped[str] = mapped_column(String(20), default="white_box", server_default="white_box")
+    source: Mapped[str] = mapped_column(String(20), default="model", server_default="model")  # model, endpoint,
+    # answers
+    endpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     verdict: Mapped[str | None] = mapped_column(String(20), nullable=True)
     p_value: Mapped[float | None] = mapped_column(Float, nullable=True)

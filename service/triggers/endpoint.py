@@ -182,3 +182,15 @@ def query_endpoint(url: str, inputs: np.ndarray, num_classes: int, policy: Endpo
             except ValueError as exc:
                 raise EndpointRefused(f"the endpoint broke the contract: {exc}") from None
     return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+
+def policy_from_settings(settings) -> EndpointPolicy:
+    """The operator's `TICKETGUARD_ENDPOINT_*` settings as a policy."""
+    hosts = frozenset(h.strip().lower() for h in settings.endpoint_allow_http_hosts.split(",") if h.strip())
+    networks = tuple(ipaddress.ip_network(n.strip(), strict=False)  # validated when the settings load
+                     for n in settings.endpoint_allow_networks.split(",") if n.strip())
+    return EndpointPolicy(allow_http_hosts=hosts, allow_networks=networks,
+                          connect_timeout=settings.endpoint_connect_timeout,
+                          read_timeout=settings.endpoint_read_timeout,
+                          max_response_bytes=settings.endpoint_max_response_bytes,
+                          batch_size=settings.endpoint_batch_size)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, BackgroundTasks, File, Form, Request, Response, UploadFile
 
@@ -9,6 +9,7 @@ from service.errors import not_found
 from service.models import Owner, Signature, Ticket, Verification
 from service.signatures.service import EVIDENCE_IMAGES, evidence_image
 from service.tickets.schemas import Accepted
+from service.triggers.endpoint import policy_from_settings
 from service.verifications import service
 from service.verifications.schemas import VerificationOut
 
@@ -21,28 +22,49 @@ def verification_out(session, verification: Verification) -> VerificationOut:
     ticket = session.get(Ticket, ticket_id) if ticket_id else None
     owner = session.get(Owner, ticket.owner_id) if ticket else None
     return VerificationOut(
-        id=verification.id, status=verification.status, verdict=verification.verdict,
+        id=verification.id, status=verification.status, mode=verification.mode, source=verification.source,
+        verdict=verification.verdict,
         ticket_id=ticket_id, owner=owner.name if owner else None,
         registered_at=ticket.registered_at if ticket else None, p_value=verification.p_value,
         evidence=verification.evidence, job_id=verification.job_id, created_at=verification.created_at,
         completed_at=verification.completed_at, error=verification.error)
 
 
+ANSWERS_MAX_BYTES = 1 << 20
+
+
 @router.post("", status_code=202, response_model=Accepted)
 def create_verification(
     request: Request, owner: CurrentOwner, session: DbSession, settings: SettingsDep, store: Store,
     background: BackgroundTasks,
-    model: Annotated[UploadFile, File(description="The suspect model (.safetensors or .pt/.pth).")],
+    model: Annotated[UploadFile | None, File(description="The suspect model (.safetensors or .pt/.pth).")] = None,
+    endpoint: Annotated[str | None, Form(max_length=2000, description="Instead of a file: the URL of the "
+                                         "suspect's prediction API (black-box; the JSON contract is in "
+                                         "docs/API.md). Needs `ticket_id`.")] = None,
+    answers: Annotated[UploadFile | None, File(description="Instead of a file: the suspect's answers to your "
+                                               "ticket's trigger inputs (GET /v1/tickets/{id}/trigger-set), "
+                                               'as JSON {"labels": [...]} or {"logits": [[...]]}. '
+                                               "Needs `ticket_id`.")] = None,
     ticket_id: Annotated[str | None, Form(description="One of your tickets; omit to search all.")] = None,
+    mode: Annotated[Literal["white_box", "black_box", "both"] | None, Form(
+        description="white_box: weights and mask; black_box: answers to the ticket's trigger inputs only; "
+                    "both (a model file). Default: white_box for a model file, black_box otherwise.")] = None,
     key_check: Annotated[bool, Form(description="With a locked `ticket_id`: also retrain from its rewind "
                                     "weights with the suspect's mask, without and with the key, and report "
                                     "the accuracy gap (minutes on a CPU).")] = False,
 ) -> Accepted:
     """Ask whether a suspect model derives from a registered ticket. Runs as a job."""
-    with store.staged(model.file, max_bytes=settings.max_upload_bytes) as upload:
-        verification = service.submit_verification(session, owner=owner, store=store, upload=upload,
-                                                   ticket_id=ticket_id, key_check=key_check,
-                                                   max_attempts=settings.max_attempts)
+    answer_bytes = None
+    if answers is not None:
+        with store.staged(answers.file, max_bytes=ANSWERS_MAX_BYTES) as staged:
+            answer_bytes = staged.path.read_bytes()
+    common = {"ticket_id": ticket_id, "key_check": key_check, "max_attempts": settings.max_attempts,
+              "mode": mode, "endpoint": endpoint, "answers": answer_bytes, "policy": policy_from_settings(settings)}
+    if model is not None:
+        with store.staged(model.file, max_bytes=settings.max_upload_bytes) as upload:
+            verification = service.submit_verification(session, owner=owner, store=store, upload=upload, **common)
+    else:
+        verification = service.submit_verification(session, owner=owner, store=store, upload=None, **common)
     background.add_task(request.app.state.executor.submit, verification.job_id)
     return Accepted(id=verification.id, status=verification.status, job_id=verification.job_id)
 

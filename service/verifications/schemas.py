@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 class VerificationOut(BaseModel):
     id: str
     status: str = Field(description="pending, completed, failed or cancelled.")
+    mode: str = Field("white_box", description="white_box, black_box or both.")
+    source: str = Field("model", description="What the suspect was: model (a file), endpoint or answers.")
     verdict: str | None = Field(description="match, no_match or inconclusive once completed.")
     ticket_id: str | None = Field(description="The matched ticket, else the ticket you named.")
     owner: str | None = Field(description="Name of that ticket's owner.")

@@ -18,9 +18,19 @@ from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.locks.service import key_check_params, run_key_check
 from service.modelfiles import ParsedModel, fit_to_template, parse_for_arch
-from service.models import Job, Owner, Signature, Ticket, Verification, utcnow
+from service.models import Job, Owner, Signature, Ticket, TriggerSet, Verification, utcnow
 from service.signatures.service import check_signature
 from service.tickets.service import visible_ticket
+from service.triggers.endpoint import EndpointPolicy, EndpointRefused, resolve_target
+from service.triggers.service import (
+    TRIGGER_MATCHES,
+    judge_answers,
+    load_triggers,
+    owned_trigger_set,
+    predict_labels,
+    read_answers,
+)
+from service.verifications.black_box import run_black_box
 from service.verifications.calibration import stored_references
 from service.verifications.search import IndexEntry, index_entries, rank_entries
 from service.visibility import get_visible
@@ -35,35 +45,71 @@ from verifier.topology import bonferroni, compare_topology, estimate_suspect_mas
 VERIFY_KIND = "verify"
 
 
-def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
-                        ticket_id: str | None, max_attempts: int, key_check: bool = False) -> Verification:
-    """Check the suspect can be read (and fits the named ticket), keep it, queue the job. Commits."""
-    if key_check and not ticket_id:
-        raise APIError(422, "invalid_request", "key_check needs the `ticket_id` of a locked ticket")
-    key_params = None
+def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged | None,
+                        ticket_id: str | None, max_attempts: int, key_check: bool = False,
+                        mode: str | None = None, endpoint: str | None = None, answers: bytes | None = None,
+                        policy: EndpointPolicy | None = None) -> Verification:
+    """Check the request (422/409 on bad input), keep what the job needs, queue the job. Commits.
+
+    The suspect is an uploaded model (`upload`), a remote prediction endpoint, or answers the ticket's
+    owner gathered for its trigger inputs. `mode` defaults to white_box for a model, black_box
+    otherwise; black_box and both need trigger sets."""
+    sources = [name for name, given in (("model", upload), ("endpoint", endpoint), ("answers", answers))
+               if given is not None]
+    if len(sources) != 1:
+        raise APIError(422, "invalid_request", "send exactly one suspect: a `model` file, an `endpoint` URL "
+                                               "or `answers`")
+    source = sources[0]
+    mode = mode or ("white_box" if source == "model" else "black_box")
+    if source != "model" and mode != "black_box":
+        raise APIError(422, "invalid_request", f"an {source} suspect is black-box only: use mode=black_box")
+    if key_check and (not ticket_id or mode == "black_box"):
+        raise APIError(422, "invalid_request", "key_check needs a model file and the `ticket_id` of a locked ticket")
+    if source != "model" and not ticket_id:
+        raise APIError(422, "invalid_request", f"an {source} suspect needs the `ticket_id` whose trigger set "
+                                               "it is checked against")
+    key_params, ticket, suspect_sha256 = None, None, None
     if ticket_id:
         ticket = visible_ticket(session, owner=owner, ticket_id=ticket_id)
         if ticket.status != "registered":
             raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered")
-        spec = resolve_dataset(session, ticket.dataset, owner=None).spec
-        parse_for_arch(upload.path, arch=ticket.arch, spec=spec, require_sparse=False)
+        if mode != "white_box" and session.get(TriggerSet, ticket.id) is None:
+            raise APIError(409, "no_trigger_set", f"ticket {ticket.id} was registered without a trigger set "
+                                                  "(`trigger_set=true`); only white-box checks are possible")
         key_params = key_check_params(session, ticket) if key_check else None
+    if source == "model":
+        if ticket is not None:
+            spec = resolve_dataset(session, ticket.dataset, owner=None).spec
+            parse_for_arch(upload.path, arch=ticket.arch, spec=spec, require_sparse=False)
+        else:
+            split_masks(read_state_dict(upload.path))
+        suspect_sha256 = store.keep(upload)
+        record_artifact(session, sha256=suspect_sha256, size=upload.size, kind="suspect")
+    elif source == "answers":
+        found = owned_trigger_set(session, owner=owner, ticket_id=ticket.id)  # only the owner has the inputs
+        read_answers(answers, found.size, found.num_classes)
+        suspect_sha256, size = store.put_bytes(answers)
+        record_artifact(session, sha256=suspect_sha256, size=size, kind="answers")
     else:
-        split_masks(read_state_dict(upload.path))
-    record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="suspect")
+        try:
+            resolve_target(endpoint, policy or EndpointPolicy())
+        except EndpointRefused as exc:
+            raise APIError(422, "endpoint_refused", str(exc)) from None
     verification = Verification(owner_id=owner.id, requested_ticket_id=ticket_id or None,
-                                suspect_sha256=upload.sha256, status="pending")
+                                suspect_sha256=suspect_sha256, status="pending", mode=mode, source=source,
+                                endpoint=endpoint)
     session.add(verification)
     session.flush()
     job = enqueue(session, owner_id=owner.id, kind=VERIFY_KIND,
-                  params={"verification_id": verification.id, "suspect_sha256": upload.sha256,
-                          "ticket_id": ticket_id or None, "requester_id": owner.id,
-                          "key_check": key_params},
+                  params={"verification_id": verification.id, "suspect_sha256": suspect_sha256,
+                          "ticket_id": ticket_id or None, "requester_id": owner.id, "key_check": key_params,
+                          "mode": mode, "source": source, "endpoint": endpoint},
                   max_attempts=max_attempts)
     verification.job_id = job.id
     append_event(session, actor=owner.name, action="verification.requested",
                  subject=f"verification:{verification.id}", owner_id=owner.id, ticket_id=ticket_id,
-                 payload={"suspect_sha256": upload.sha256, "ticket_id": ticket_id, "mode": "white_box"})
+                 payload={"suspect_sha256": suspect_sha256, "ticket_id": ticket_id, "mode": mode, "source": source,
+                          "endpoint": endpoint})
     session.commit()
     return verification
 
@@ -74,6 +120,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     smallest p decides, corrected for the number tested; a decoded payload with a valid MAC ends
     the search at once."""
     params, settings = ctx.params, ctx.settings
+    if params.get("mode") == "black_box":
+        return run_black_box(ctx)
     with session_factory(settings.resolved_database_url)() as session:
         entries = index_entries(session, params["ticket_id"])
         specs = {d: resolve_dataset(session, d, owner=None).spec for d in {e.dataset for e in entries}}
@@ -88,6 +136,11 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
             select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
         aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
         references = stored_references(session, aligned_ids)
+        trigger_sets, trigger_references = {}, {}
+        if params.get("mode") == "both":
+            trigger_sets = {t.ticket_id: t for t in session.execute(
+                select(TriggerSet).where(TriggerSet.ticket_id.in_(ids))).scalars()}
+            trigger_references = stored_references(session, list(trigger_sets), kind=TRIGGER_MATCHES)
         session.expunge_all()
     seed = zlib.crc32(params["verification_id"].encode())
     best: tuple[float, Ticket, dict] | None = None
@@ -100,6 +153,13 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
                                 suspect.mask if masks else None, seed, references=calibration,
                                 selection=1 if params["ticket_id"] else len(ranked))
+        if ticket.id in trigger_sets:  # mode both: the same file's answers to the trigger inputs
+            found = trigger_sets[ticket.id]
+            triggers = load_triggers(ctx.store.path(found.artifact_sha256))
+            answers = predict_labels(ticket.arch, specs[ticket.dataset], suspect.weights, triggers.x)
+            _add_test(tests, "trigger_set", judge_answers(
+                triggers, answers, found.num_classes, trigger_references.get(ticket.id, []),
+                min_references=settings.topology_min_references))
         tests["summary_distance"] = distance
         compared += 1
         if best is None or _stronger(tests, best[2]):
@@ -139,8 +199,9 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
     if key_evidence is not None:
         evidence["key_mask"] = key_evidence
-    if "aligned_topology" in tests and disclose:
-        evidence["aligned_topology"] = tests["aligned_topology"]
+    for scheme in ("aligned_topology", "trigger_set"):
+        if scheme in tests and disclose:
+            evidence[scheme] = tests[scheme]
     if qr is not None and disclose:
         # where the code sits and what the window shows stay with the ticket's owner
         evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
@@ -196,24 +257,29 @@ def _test_candidate(ctx: JobContext, ticket: Ticket, signature: Signature | None
         ticket_mask, suspect_weights, suspect_mask=suspect_mask,
         hidden_axes={name: hidden_axis(ticket.arch, name) for name in ticket_mask},
         permutations=settings.verify_permutations, seed=seed).to_dict()
-    tests: dict[str, Any] = {"schemes": ["topology"], "topology": topology}
-    p_values = [topology["p_value"]]
+    tests: dict[str, Any] = {"schemes": [], "p_values": []}
+    _add_test(tests, "topology", topology)
     mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
     if signature is not None:
-        tests["qr"] = check_signature(
+        _add_test(tests, "qr", check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
-            suspect_mask=mask, permutations=settings.verify_permutations, seed=seed)
-        tests["schemes"].append("qr")
-        p_values.append(tests["qr"]["p_value"])
+            suspect_mask=mask, permutations=settings.verify_permutations, seed=seed))
     elif references is not None:
-        tests["aligned_topology"] = aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask,
-                                                            references, selection)
+        aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask, references, selection)
         if aligned["calibrated"]:
-            tests["schemes"].append("aligned_topology")
-            p_values.append(aligned["p_value"])
-    tests["p_value"] = bonferroni(min(p_values), len(p_values))
+            _add_test(tests, "aligned_topology", aligned)
+        else:
+            tests["aligned_topology"] = aligned  # evidence only: no p-value to count
     return tests
+
+
+def _add_test(tests: dict[str, Any], scheme: str, result: dict[str, Any]) -> None:
+    """Add one scheme's result to a candidate's tests and recombine: Bonferroni over the schemes."""
+    tests[scheme] = result
+    tests["schemes"].append(scheme)
+    tests["p_values"].append(result["p_value"])
+    tests["p_value"] = bonferroni(min(tests["p_values"]), len(tests["p_values"]))
 
 
 def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,

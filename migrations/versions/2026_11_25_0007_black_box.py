@@ -1,4 +1,5 @@
-"""Trigger sets (scheme V3): one per ticket registered with `trigger_set=true`.
+"""Black-box verification: trigger sets (scheme V3), one per ticket registered with `trigger_set=true`;
+verifications gain a mode and a source, and a suspect behind a remote endpoint has no file.
 
 Revision ID: 0007
 Revises: 0006
@@ -32,5 +33,17 @@ def upgrade() -> None:
     )
 
 
+    with op.batch_alter_table("verifications") as batch:
+        batch.alter_column("suspect_sha256", existing_type=sa.String(length=64), nullable=True)
+        batch.add_column(sa.Column("mode", sa.String(length=20), nullable=False, server_default="white_box"))
+        batch.add_column(sa.Column("source", sa.String(length=20), nullable=False, server_default="model"))
+        batch.add_column(sa.Column("endpoint", sa.Text(), nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("verifications") as batch:
+        batch.drop_column("endpoint")
+        batch.drop_column("source")
+        batch.drop_column("mode")
+        batch.alter_column("suspect_sha256", existing_type=sa.String(length=64), nullable=False)
     op.drop_table("trigger_sets")
