@@ -1,0 +1,138 @@
+"""Black-box verification through the API: trigger sets embedded at registration, and suspects as an
+uploaded model, as answers the owner gathered, and behind a real HTTP endpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load as load_safetensors
+
+from service.app import create_app
+from tests.helpers import assert_json_error, http_server, register_ok, upload
+from verifier.models import build_model
+
+TRIGGERS = {"trigger_set": "true", "trigger_epochs": "10"}
+
+
+def _verify(client, headers, *, files=None, **data) -> dict:
+    response = client.post("/v1/verifications", headers=headers, data={k: v for k, v in data.items() if v},
+                           files=files)
+    assert response.status_code == 202, response.text
+    result = client.get(f"/v1/verifications/{response.json()['id']}", headers=headers).json()
+    assert result["status"] == "completed", result
+    return result
+
+
+def _model(client, headers, ticket_id: str) -> torch.nn.Module:
+    model = build_model("lenet300_100", (1, 8, 8), 10)
+    model.load_state_dict(load_safetensors(client.get(f"/v1/tickets/{ticket_id}/model", headers=headers).content))
+    return model.eval()
+
+
+def _trigger_set(client, headers, ticket_id: str) -> dict[str, np.ndarray]:
+    response = client.get(f"/v1/tickets/{ticket_id}/trigger-set", headers=headers)
+    assert response.status_code == 200, response.text
+    with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
+        return {"x": archive["x"], "y": archive["y"]}
+
+
+def test_registration_embeds_a_trigger_set_only_its_owner_can_download(client, alice, bob, admin, model_files):
+    ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
+    report = ticket["trigger_set_report"]
+    assert report["size"] == 100 and report["trigger_accuracy_after"] >= 0.6 > report["trigger_accuracy_before"]
+    assert report["test_accuracy_after"] > report["test_accuracy_before"] - 0.03  # the fidelity cost, recorded
+    triggers = _trigger_set(client, alice.headers, ticket["id"])
+    assert triggers["x"].shape == (100, 1, 8, 8) and triggers["y"].shape == (100,)
+    with torch.no_grad():
+        answers = _model(client, alice.headers, ticket["id"])(torch.from_numpy(triggers["x"])).argmax(1).numpy()
+    assert (answers == triggers["y"]).mean() == pytest.approx(report["trigger_accuracy_after"])
+    for other in (bob, admin):
+        assert_json_error(client.get(f"/v1/tickets/{ticket['id']}/trigger-set", headers=other.headers), 404)
+    plain = register_ok(client, alice.headers, model_files.independent)
+    assert plain["trigger_set_report"] is None
+    assert_json_error(client.get(f"/v1/tickets/{plain['id']}/trigger-set", headers=alice.headers), 404)
+
+
+def test_an_uploaded_model_is_checked_by_its_answers_alone(client, alice, bob, model_files):
+    ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
+    registered = client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content
+    named = _verify(client, alice.headers, ticket_id=ticket["id"], mode="black_box", files={"model": ("m", registered)})
+    assert named["verdict"] == "match" and named["mode"] == "black_box" and named["source"] == "model"
+    evidence = named["evidence"]
+    assert evidence["schemes"] == ["trigger_set"] and evidence["trigger_set"]["matches"] >= 60
+    assert evidence["trigger_set"]["p_chance"] < 1e-20
+    searched = _verify(client, bob.headers, mode="black_box", files={"model": ("m", registered)})
+    assert searched["verdict"] == "match" and searched["ticket_id"] == ticket["id"]
+    independent = _verify(client, alice.headers, ticket_id=ticket["id"], mode="black_box",
+                          files={"model": ("m", model_files.independent.read_bytes())})
+    assert independent["verdict"] == "no_match" and independent["evidence"]["trigger_set"]["matches"] < 25
+    both = _verify(client, alice.headers, ticket_id=ticket["id"], mode="both", files={"model": ("m", registered)})
+    assert both["verdict"] == "match" and both["evidence"]["schemes"] == ["topology", "trigger_set"]
+
+
+def test_answers_the_owner_gathered(client, alice, bob, model_files):
+    ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
+    triggers = _trigger_set(client, alice.headers, ticket["id"])
+    with torch.no_grad():
+        logits = _model(client, alice.headers, ticket["id"])(torch.from_numpy(triggers["x"])).tolist()
+    result = _verify(client, alice.headers, ticket_id=ticket["id"],
+                     files={"answers": ("a.json", json.dumps({"logits": logits}).encode())})
+    assert result["verdict"] == "match" and result["source"] == "answers"
+    guessed = np.random.default_rng(0).integers(10, size=100).tolist()
+    result = _verify(client, alice.headers, ticket_id=ticket["id"],
+                     files={"answers": ("a.json", json.dumps({"labels": guessed}).encode())})
+    assert result["verdict"] == "no_match"
+    for body, status in ((b"nope", 422), (json.dumps({"labels": [1] * 99}).encode(), 422)):
+        response = upload(client, "/v1/verifications", body, alice.headers, ticket_id=ticket["id"])
+        assert response.status_code == 422  # a model file that is not one
+        response = client.post("/v1/verifications", headers=alice.headers, data={"ticket_id": ticket["id"]},
+                               files={"answers": ("a.json", body)})
+        assert_json_error(response, status, "invalid_answers")
+    other = client.post("/v1/verifications", headers=bob.headers, data={"ticket_id": ticket["id"]},
+                        files={"answers": ("a.json", json.dumps({"labels": guessed}).encode())})
+    assert_json_error(other, 404)  # only the owner has the trigger inputs
+
+
+def test_a_real_endpoint_is_queried_with_triggers_hidden_among_test_inputs(settings, alice, model_files):
+    local = settings.model_copy(update={"endpoint_allow_http_hosts": "127.0.0.1",
+                                        "endpoint_allow_networks": "127.0.0.0/8"})
+    with TestClient(create_app(local), raise_server_exceptions=False) as client:
+        ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
+        model = _model(client, alice.headers, ticket["id"])
+        batches = []
+
+        def predict(request, body):
+            inputs = torch.tensor(json.loads(body)["inputs"])
+            batches.append(len(inputs))
+            with torch.no_grad():
+                labels = model(inputs).argmax(1).tolist()
+            return 200, {"content-type": "application/json"}, json.dumps({"labels": labels}).encode()
+
+        with http_server(predict) as url:
+            result = _verify(client, alice.headers, ticket_id=ticket["id"], endpoint=f"{url}/predict")
+    assert result["verdict"] == "match" and result["source"] == "endpoint", result
+    evidence = result["evidence"]["trigger_set"]
+    assert evidence["queries"] == 200 and evidence["ordinary_accuracy"] > 0.9
+    assert sum(batches) == 200 and max(batches) <= local.endpoint_batch_size
+
+
+def test_black_box_requests_that_cannot_work_are_refused(client, alice, model_files):
+    plain = register_ok(client, alice.headers, model_files.ticket)
+    response = client.post("/v1/verifications", headers=alice.headers,
+                           data={"ticket_id": plain["id"], "mode": "black_box"},
+                           files={"model": ("m", model_files.ticket.read_bytes())})
+    assert_json_error(response, 409, "no_trigger_set")
+    for data in ({"endpoint": "https://8.8.8.8/p"},  # no ticket_id
+                 {"endpoint": "https://8.8.8.8/p", "ticket_id": plain["id"], "mode": "white_box"}):
+        assert_json_error(client.post("/v1/verifications", headers=alice.headers, data=data), 422, "invalid_request")
+    assert_json_error(client.post("/v1/verifications", headers=alice.headers, data={}), 422, "invalid_request")
+    ticket = register_ok(client, alice.headers, model_files.independent, **TRIGGERS)
+    for url in ("https://127.0.0.1/p", "https://169.254.169.254/latest", "http://8.8.8.8/p"):
+        response = client.post("/v1/verifications", headers=alice.headers,
+                               data={"ticket_id": ticket["id"], "endpoint": url})
+        assert_json_error(response, 422, "endpoint_refused")
