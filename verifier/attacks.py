@@ -1,4 +1,5 @@
-"""A thief's simple moves on a ticket (the attack issue grows this into a suite)."""
+"""A thief's moves on a ticket: fine-tuning, further pruning, distillation, function-preserving
+permutation (the attack issue grows this into a suite)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,36 @@ def prune_further(model: nn.Module, mask: Mask, fraction: float) -> Mask:
     new_mask = global_magnitude_prune(dict(model.named_parameters()), mask, fraction)
     apply_mask(model, new_mask)
     return new_mask
+
+
+def distill(teacher: nn.Module, student: nn.Module, mask: Mask | None, x: torch.Tensor, *, epochs: int,
+            lr: float = 0.05, temperature: float = 4.0, batch_size: int = 64, seed: int = 0) -> None:
+    """Train `student` in place to match `teacher`'s softened outputs on `x` (no labels: what a thief
+    with only query access and unlabelled data can do), its mask fixed. Loss: KL divergence at
+    `temperature`, scaled by its square (Hinton et al.); SGD with momentum, cosine schedule."""
+    teacher.eval()
+    with torch.no_grad():
+        targets = torch.cat([teacher(x[i:i + 512]) for i in range(0, len(x), 512)]) / temperature
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    if mask is not None:
+        apply_mask(student, mask)
+    for _ in range(epochs):
+        student.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            index = order[start:start + batch_size]
+            log_p = nn.functional.log_softmax(student(x[index]) / temperature, dim=1)
+            loss = nn.functional.kl_div(log_p, nn.functional.log_softmax(targets[index], dim=1),
+                                        reduction="batchmean", log_target=True) * temperature ** 2
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if mask is not None:
+                apply_mask(student, mask)
 
 
 def permute_hidden_units(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""The permutation attack preserves the network's function exactly (to float tolerance)."""
+"""A thief's moves: the permutation attack preserves the function exactly (to float tolerance); distillation
+copies the answers into a sparse student."""
 
 from __future__ import annotations
 
@@ -29,3 +30,24 @@ def test_permuting_hidden_units_keeps_the_outputs(arch):
 def test_other_architectures_are_refused():
     with pytest.raises(ValueError, match="supports"):
         permute_hidden_units("vgg16", {}, seed=0)
+
+
+def test_distillation_copies_the_teachers_answers_into_a_sparse_student():
+    from verifier.attacks import distill
+    from verifier.data import load_dataset
+    from verifier.masks import random_mask
+    from verifier.training import evaluate, train
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    teacher = build_model("lenet300_100", data.input_shape, data.num_classes)
+    train(teacher, data.x_train, data.y_train, epochs=5, lr=0.05)
+    student = build_model("lenet300_100", data.input_shape, data.num_classes)
+    shapes = {name: p.shape for name, p in student.named_parameters() if name.endswith("weight")}
+    mask = random_mask(shapes, dict.fromkeys(shapes, 0.3), seed=1)
+    distill(teacher, student, mask, data.x_train, epochs=10)
+    with torch.no_grad():
+        agreement = float((teacher(data.x_test).argmax(1) == student(data.x_test).argmax(1)).float().mean())
+    assert agreement > 0.85 and evaluate(student, data.x_test, data.y_test) > 0.85
+    weights = dict(student.named_parameters())
+    assert all(int((weights[n].detach()[~mask[n]] != 0).sum()) == 0 for n in mask)
