@@ -1,7 +1,7 @@
 """Querying a suspect's remote prediction endpoint from a worker, guarded against server-side request
 forgery.
 
-The contract (docs/API.md): `POST <endpoint>` with `{"inputs": [...]}` (a batch of inputs at the
+The contract (README, "the endpoint contract"): `POST <endpoint>` with `{"inputs": [...]}` (a batch of inputs at the
 dataset's input shape, raw values in [0, 1]) answers 200 with `{"labels": [...]}` or
 `{"logits": [[...], ...]}`, one row per input.
 

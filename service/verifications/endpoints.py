@@ -40,7 +40,7 @@ def create_verification(
     model: Annotated[UploadFile | None, File(description="The suspect model (.safetensors or .pt/.pth).")] = None,
     endpoint: Annotated[str | None, Form(max_length=2000, description="Instead of a file: the URL of the "
                                          "suspect's prediction API (black-box; the JSON contract is in "
-                                         "docs/API.md). Needs `ticket_id`.")] = None,
+                                         "the README). Needs `ticket_id`.")] = None,
     answers: Annotated[UploadFile | None, File(description="Instead of a file: the suspect's answers to your "
                                                "ticket's trigger inputs (GET /v1/tickets/{id}/trigger-set), "
                                                'as JSON {"labels": [...]} or {"logits": [[...]]}. '
