@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -115,10 +116,11 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
 
 
 def run_verification(ctx: JobContext) -> dict[str, Any]:
-    """Job body: rank the compatible registered tickets by weight summary, then test the nearest few
-    in full (topology; and the QR module test and decoding where signed). The candidate with the
-    smallest p decides, corrected for the number tested; a decoded payload with a valid MAC ends
-    the search at once."""
+    """Job body. White-box (and `both`): rank the compatible registered tickets by weight summary, then
+    test the nearest few in full (topology; the QR module test and decoding where signed, else the
+    aligned topology test where calibrated; in `both` mode the trigger set too). The candidate with
+    the smallest p decides, corrected for the number tested; a decoded payload with a valid MAC ends
+    the search at once. Black-box: `black_box.run_black_box`."""
     params, settings = ctx.params, ctx.settings
     if params.get("mode") == "black_box":
         return run_black_box(ctx)
@@ -129,36 +131,24 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.05, f"ranking {len(entries)} registered ticket(s)", force=True)
     ranked, suspects, incompatible = _rank(ctx, entries, specs, weights, masks)
     shortlist = ranked[:settings.search_candidates]
-    with session_factory(settings.resolved_database_url)() as session:
-        ids = [entry.ticket_id for _, entry in shortlist]
-        tickets = {t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()}
-        signatures = {s.ticket_id: s for s in session.execute(
-            select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
-        aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
-        references = stored_references(session, aligned_ids)
-        trigger_sets, trigger_references = {}, {}
-        if params.get("mode") == "both":
-            trigger_sets = {t.ticket_id: t for t in session.execute(
-                select(TriggerSet).where(TriggerSet.ticket_id.in_(ids))).scalars()}
-            trigger_references = stored_references(session, list(trigger_sets), kind=TRIGGER_MATCHES)
-        session.expunge_all()
+    found = _shortlisted(settings, [entry.ticket_id for _, entry in shortlist], both=params.get("mode") == "both")
     seed = zlib.crc32(params["verification_id"].encode())
     best: tuple[float, Ticket, dict] | None = None
     compared = 0
     span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
     for index, (distance, entry) in enumerate(shortlist):
         ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
-        ticket, suspect = tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
-        calibration = references.get(ticket.id, []) if ticket.id in aligned_ids else None
-        tests = _test_candidate(ctx, ticket, signatures.get(ticket.id), suspect.weights,
+        ticket, suspect = found.tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
+        calibration = found.references.get(ticket.id, []) if ticket.id in found.aligned_ids else None
+        tests = _test_candidate(ctx, ticket, found.signatures.get(ticket.id), suspect.weights,
                                 suspect.mask if masks else None, seed, references=calibration,
                                 selection=1 if params["ticket_id"] else len(ranked))
-        if ticket.id in trigger_sets:  # mode both: the same file's answers to the trigger inputs
-            found = trigger_sets[ticket.id]
-            triggers = load_triggers(ctx.store.path(found.artifact_sha256))
+        if ticket.id in found.trigger_sets:  # mode both: the same file's answers to the trigger inputs
+            trigger_set = found.trigger_sets[ticket.id]
+            triggers = load_triggers(ctx.store.path(trigger_set.artifact_sha256))
             answers = predict_labels(ticket.arch, specs[ticket.dataset], suspect.weights, triggers.x)
             _add_test(tests, "trigger_set", judge_answers(
-                triggers, answers, found.num_classes, trigger_references.get(ticket.id, []),
+                triggers, answers, trigger_set.num_classes, found.trigger_references.get(ticket.id, []),
                 min_references=settings.topology_min_references))
         tests["summary_distance"] = distance
         compared += 1
@@ -207,6 +197,34 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
     return {"verdict": decided, "p_value": p_value, "evidence": evidence,
             "ticket_id": ticket.id if disclose else None}
+
+
+@dataclass
+class _Shortlisted:
+    """What the full tests need of the shortlisted tickets, read in one session."""
+
+    tickets: dict[str, Ticket]
+    signatures: dict[str, Signature]
+    aligned_ids: list[str]  # the unsigned ones that get the aligned topology test
+    references: dict[str, list[float]]  # their calibration
+    trigger_sets: dict[str, TriggerSet] = field(default_factory=dict)  # mode both only
+    trigger_references: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _shortlisted(settings, ids: list[str], *, both: bool) -> _Shortlisted:
+    with session_factory(settings.resolved_database_url)() as session:
+        signatures = {s.ticket_id: s for s in session.execute(
+            select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
+        aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
+        found = _Shortlisted(
+            tickets={t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()},
+            signatures=signatures, aligned_ids=aligned_ids, references=stored_references(session, aligned_ids))
+        if both:
+            found.trigger_sets = {t.ticket_id: t for t in session.execute(
+                select(TriggerSet).where(TriggerSet.ticket_id.in_(ids))).scalars()}
+            found.trigger_references = stored_references(session, list(found.trigger_sets), kind=TRIGGER_MATCHES)
+        session.expunge_all()
+    return found
 
 
 def _rank(ctx: JobContext, entries: list[IndexEntry], specs: dict[str, Any], weights: dict,
