@@ -121,6 +121,39 @@ def test_a_real_endpoint_is_queried_with_triggers_hidden_among_test_inputs(setti
     assert sum(batches) == 200 and max(batches) <= local.endpoint_batch_size
 
 
+def test_a_stolen_copy_pruned_and_fine_tuned_is_recognised_by_endpoint_and_as_a_black_box(settings, alice, bob,
+                                                                                           model_files):
+    from safetensors.torch import save as save_safetensors
+
+    from verifier.attacks import fine_tune, prune_further
+    from verifier.data import load_dataset
+    from verifier.masks import mask_from_weights
+
+    local = settings.model_copy(update={"endpoint_allow_http_hosts": "127.0.0.1",
+                                        "endpoint_allow_networks": "127.0.0.0/8"})
+    with TestClient(create_app(local), raise_server_exceptions=False) as client:
+        ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
+        thief = _model(client, alice.headers, ticket["id"])
+        data = load_dataset("digits")
+        mask = prune_further(thief, mask_from_weights(thief.state_dict(), [n for n, _ in thief.named_parameters()
+                                                                          if n.endswith("weight")]), 0.10)
+        fine_tune(thief, mask, data.x_train, data.y_train, epochs=5, lr=0.01, seed=3)
+        thief.eval()
+
+        def predict(request, body):
+            with torch.no_grad():
+                labels = thief(torch.tensor(json.loads(body)["inputs"])).argmax(1).tolist()
+            return 200, {"content-type": "application/json"}, json.dumps({"labels": labels}).encode()
+
+        with http_server(predict) as url:
+            remote = _verify(client, alice.headers, ticket_id=ticket["id"], endpoint=f"{url}/predict")
+        stolen = save_safetensors({k: v.contiguous() for k, v in thief.state_dict().items()})
+        uploaded = _verify(client, bob.headers, mode="black_box", files={"model": ("m", stolen)})
+    for result in (remote, uploaded):
+        assert result["verdict"] == "match" and result["ticket_id"] == ticket["id"], result
+        assert result["p_value"] < 1e-10
+
+
 def test_black_box_requests_that_cannot_work_are_refused(client, alice, model_files):
     plain = register_ok(client, alice.headers, model_files.ticket)
     response = client.post("/v1/verifications", headers=alice.headers,
