@@ -13,9 +13,9 @@ default to the service's). Then each thief's move, and the trigger accuracy and 
 
 - further magnitude pruning of 5, 10, 20, 50 % of the kept weights;
 - fine-tuning on the training data without triggers, mask fixed, lr 0.01, for 1, 5 and 20 epochs;
-- distillation (`verifier.attacks.distill`: 20 epochs, temperature 4, the training inputs without
-  labels) into a fresh student of the same architecture and the ticket's layer densities (a random
-  mask);
+- distillation (`verifier.attacks.distill`: 20 epochs, lr 0.05, temperature 4, the training inputs
+  without labels) into a fresh student of the same architecture at the ticket's layer densities (a
+  random mask, kept weights scaled by 1/sqrt(density): `fresh_sparse_student`);
 - a false claim: an independent ticket fine-tuned the same way on a trigger set from a guessed key.
 
 False positives: every independent ticket answers every reference's trigger set.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_recall import tickets  # noqa: E402
 
 from service.triggers.service import TriggerRequest  # noqa: E402
-from verifier.attacks import distill, fine_tune, prune_further  # noqa: E402
+from verifier.attacks import distill, fine_tune, fresh_sparse_student, prune_further  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
 from verifier.masks import densities, mask_from_weights, random_mask  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
@@ -95,10 +95,9 @@ def main() -> None:
             attacked = copy.deepcopy(model)
             fine_tune(attacked, mask, data.x_train, data.y_train, epochs=epochs, lr=0.01, seed=100 + seed)
             record(f"fine-tuned {epochs} epoch(s) without triggers", attacked, triggers)
-        student = build_model(args.arch, data.input_shape, data.num_classes)
-        shapes = {name: mask[name].shape for name in names}
-        distill(model, student, random_mask(shapes, densities(mask), seed=200 + seed), data.x_train, epochs=20,
-                seed=seed)
+        student_mask = random_mask({name: mask[name].shape for name in names}, densities(mask), seed=200 + seed)
+        student = fresh_sparse_student(args.arch, data.input_shape, data.num_classes, student_mask, seed=seed)
+        distill(model, student, student_mask, data.x_train, epochs=20, seed=seed)
         record("distilled into a fresh sparse student (20 epochs)", student, triggers)
         claimant = _model(args.arch, data, independent[seed])
         guessed = generate_triggers(f"guess-{seed}".encode(), data.input_shape, data.num_classes)
