@@ -134,6 +134,7 @@ class TriggerSet(Base):
 
     ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), primary_key=True)
     artifact_sha256: Mapped[str] = mapped_column(ForeignKey("artifacts.sha256"))  # .npz: x (float32), y (int64)
+    source: Mapped[str] = mapped_column(String(20))  # generated (keyed labels) or uploaded (the owner's)
     size: Mapped[int] = mapped_column(Integer)
     num_classes: Mapped[int] = mapped_column(Integer)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)  # share, epochs, accuracies before and after

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -169,3 +170,36 @@ def test_black_box_requests_that_cannot_work_are_refused(client, alice, model_fi
         response = client.post("/v1/verifications", headers=alice.headers,
                                data={"ticket_id": ticket["id"], "endpoint": url})
         assert_json_error(response, 422, "endpoint_refused")
+
+
+def _npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_an_uploaded_trigger_set_decides_only_against_independent_models(client, alice, bob, model_files):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 1, 8, 8)).astype(np.float32), rng.integers(10, size=40)
+    own = {"trigger_file": ("t.npz", _npz(x=x, y=y))}
+    response = client.post("/v1/tickets", headers=alice.headers, files={"model": ("m", model_files.ticket.read_bytes()),
+                                                                        **own},
+                           data={"arch": "lenet300_100", "dataset": "digits", "name": "own set",
+                                 "signature": "fingerprint", "trigger_epochs": "10"})
+    assert response.status_code == 202, response.text
+    ticket = client.get(f"/v1/tickets/{response.json()['id']}", headers=alice.headers).json()
+    assert ticket["trigger_set_report"]["source"] == "uploaded" and ticket["trigger_set_report"]["size"] == 40
+    registered = client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content
+    result = _verify(client, alice.headers, ticket_id=ticket["id"], mode="black_box",
+                     files={"model": ("m", registered)})
+    evidence = result["evidence"]["trigger_set"]
+    assert evidence["p_chance"] < 1e-10  # it answers the owner's labels ...
+    assert not evidence["calibrated"] and result["verdict"] == "no_match"  # ... which prove nothing alone
+    for bad, message in ((_npz(x=x[:5], y=y[:5]), "10 to 1000"), (_npz(x=x * 3, y=y), r"\[0, 1\]"),
+                         (_npz(x=x[:, :, :4], y=y), "shape"), (_npz(x=x, y=y + 10), r"\[0, 10\)"),
+                         (_npz(x=x), "missing"), (b"not an archive", "not an .npz")):
+        response = client.post("/v1/tickets", headers=alice.headers,
+                               files={"model": ("m", model_files.ticket.read_bytes()), "trigger_file": ("t", bad)},
+                               data={"arch": "lenet300_100", "dataset": "digits", "name": "bad"})
+        error = assert_json_error(response, 422, "invalid_trigger_set")
+        assert re.search(message, error["message"]), error

@@ -22,6 +22,7 @@ def upgrade() -> None:
         "trigger_sets",
         sa.Column("ticket_id", sa.String(length=32), nullable=False),
         sa.Column("artifact_sha256", sa.String(length=64), nullable=False),
+        sa.Column("source", sa.String(length=20), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("num_classes", sa.Integer(), nullable=False),
         sa.Column("report", sa.JSON(), nullable=False),

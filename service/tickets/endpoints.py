@@ -7,6 +7,7 @@ from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from safetensors.torch import save as save_safetensors
 
+from service.artifact_records import record_artifact
 from service.datasets.catalog import DatasetRef, resolve_dataset
 from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.errors import APIError
@@ -16,7 +17,7 @@ from service.models import Signature, Ticket, TriggerSet
 from service.signatures.service import SignatureRequest, check_qr_fits
 from service.tickets import service
 from service.tickets.schemas import Accepted, TicketList, TicketOut
-from service.triggers.service import TriggerRequest, owned_trigger_set, trigger_set_npz
+from service.triggers.service import TriggerRequest, owned_trigger_set, read_uploaded_triggers, trigger_set_npz
 from verifier.models import architecture_names
 from verifier.tickets import load_ticket
 
@@ -73,6 +74,11 @@ def register_ticket(
     trigger_epochs: Annotated[int, Form(ge=1, le=200, description="Fine-tuning epochs, mask fixed, on the "
                                         "data mixed with the triggers.")] = 20,
     trigger_lr: Annotated[float, Form(gt=0, le=1, description="Learning rate of that fine-tune.")] = 0.1,
+    trigger_file: Annotated[UploadFile | None, File(description="Your own trigger set instead of a generated one "
+                                                    "(implies trigger_set): .npz with `x` (inputs at the "
+                                                    "dataset's shape, float in [0, 1] or uint8) and `y` (labels), "
+                                                    "10 to 1,000. Its labels are yours, so verification judges it "
+                                                    "against independently registered models only.")] = None,
 ) -> Accepted:
     """Register ownership of a ticket. The model is validated now; the record is written by a job."""
     if not name.isprintable():
@@ -93,13 +99,21 @@ def register_ticket(
     request_signature = SignatureRequest(kind=signature, version=qr_version, error=qr_error,
                                          keep_function_patterns=keep_function_patterns,
                                          recovery_epochs=recovery_epochs)
+    trigger_upload = None
+    if trigger_file is not None:
+        with store.staged(trigger_file.file, max_bytes=settings.max_upload_bytes) as staged:
+            read_uploaded_triggers(staged.path, input_shape=dataset_ref.spec[0], num_classes=dataset_ref.spec[1],
+                                   max_bytes=settings.max_upload_bytes)
+            trigger_upload = store.keep(staged)
+            record_artifact(session, sha256=trigger_upload, size=staged.size, kind="trigger_upload")
     with store.staged(source, max_bytes=settings.max_upload_bytes) as upload:
         ticket = service.submit_registration(session, owner=owner, store=store, upload=upload, name=name,
                                              arch=arch, dataset=dataset_ref, signature=request_signature,
                                              rewind_sha256=rewind_sha256, max_attempts=settings.max_attempts,
-                                             triggers=TriggerRequest(enabled=trigger_set, size=trigger_size,
-                                                                     share=trigger_share, epochs=trigger_epochs,
-                                                                     lr=trigger_lr))
+                                             triggers=TriggerRequest(
+                                                 enabled=trigger_set or trigger_upload is not None, size=trigger_size,
+                                                 share=trigger_share, epochs=trigger_epochs, lr=trigger_lr,
+                                                 upload_sha256=trigger_upload))
     background.add_task(request.app.state.executor.submit, ticket.job_id)
     return Accepted(id=ticket.id, status=ticket.status, job_id=ticket.job_id)
 

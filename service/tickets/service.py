@@ -92,7 +92,8 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
         if embedded is not None:
             artifact_sha, artifact_size = save_triggers(ctx.store, embedded.triggers)
             trigger_set = {"artifact_sha256": artifact_sha, "artifact_size": artifact_size,
-                           "size": len(embedded.triggers), "num_classes": dataset.spec[1], "report": embedded.report,
+                           "source": trigger_request.source, "size": len(embedded.triggers),
+                           "num_classes": dataset.spec[1], "report": embedded.report,
                            "references": trigger_references(
                                session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha,
                                arch=params["arch"], dataset=dataset, triggers=embedded.triggers,
@@ -130,7 +131,8 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
         record_artifact(session, sha256=trigger_set["artifact_sha256"], size=trigger_set["artifact_size"],
                         kind="trigger_set")
         session.add(TriggerSet(ticket_id=ticket.id, artifact_sha256=trigger_set["artifact_sha256"],
-                               size=trigger_set["size"], num_classes=trigger_set["num_classes"],
+                               source=trigger_set["source"], size=trigger_set["size"],
+                               num_classes=trigger_set["num_classes"],
                                report=trigger_set["report"]))
         store_references(session, ticket.id, [(rid, value) for rid, value in trigger_set["references"]],
                          kind=TRIGGER_MATCHES)

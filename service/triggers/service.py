@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
 from service.datasets.catalog import DatasetRef, load
+from service.datasets.npz import read_arrays, validate_inputs, validate_labels
 from service.errors import APIError, not_found
 from service.jobs.context import JobContext
 from service.models import Owner, Ticket, TriggerSet
@@ -44,6 +45,11 @@ class TriggerRequest:
     share: float = 0.25
     epochs: int = 20
     lr: float = 0.1
+    upload_sha256: str | None = None  # the owner's own set (validated at submission) instead of a generated one
+
+    @property
+    def source(self) -> str:
+        return "uploaded" if self.upload_sha256 else "generated"
 
 
 def trigger_key(secret: bytes, ticket_id: str) -> bytes:
@@ -64,8 +70,12 @@ def embed_for_registration(ctx: JobContext, *, request: TriggerRequest, ticket_i
     """Generate the ticket's trigger set and fine-tune it in with the mask fixed; the report records
     test and trigger accuracy before and after (the fidelity cost)."""
     data = load(ctx.store, dataset)
-    triggers = generate_triggers(trigger_key(ctx.settings.secret(), ticket_id), data.input_shape, data.num_classes,
-                                 request.size)
+    if request.upload_sha256:
+        triggers = read_uploaded_triggers(ctx.store.path(request.upload_sha256), input_shape=data.input_shape,
+                                          num_classes=data.num_classes)
+    else:
+        triggers = generate_triggers(trigger_key(ctx.settings.secret(), ticket_id), data.input_shape,
+                                     data.num_classes, request.size)
     model = build_model(arch, data.input_shape, data.num_classes)
     model.load_state_dict(weights)
     before = (evaluate(model, data.x_test, data.y_test), trigger_matches(model, triggers))
@@ -73,11 +83,34 @@ def embed_for_registration(ctx: JobContext, *, request: TriggerRequest, ticket_i
                    lr=request.lr, seed=zlib.crc32(ticket_id.encode()), progress=progress)
     model.cpu()
     after = (evaluate(model, data.x_test, data.y_test), trigger_matches(model, triggers))
-    report = {"size": request.size, "share": request.share, "epochs": request.epochs, "lr": request.lr,
-              "test_accuracy_before": before[0], "test_accuracy_after": after[0],
-              "trigger_accuracy_before": before[1] / request.size, "trigger_accuracy_after": after[1] / request.size}
+    size = len(triggers)
+    report = {"source": request.source, "size": size, "share": request.share, "epochs": request.epochs,
+              "lr": request.lr, "test_accuracy_before": before[0], "test_accuracy_after": after[0],
+              "trigger_accuracy_before": before[1] / size, "trigger_accuracy_after": after[1] / size}
     state = {name: value.detach().clone() for name, value in model.state_dict().items()}
     return EmbeddedTriggers(state, triggers, report)
+
+
+MIN_UPLOADED, MAX_UPLOADED = 10, 1000
+
+
+def read_uploaded_triggers(path: Path, *, input_shape: tuple[int, ...], num_classes: int,
+                           max_bytes: int = 1 << 30) -> Triggers:
+    """An owner's own trigger set: an .npz with exactly `x` (float in [0, 1], or uint8, at the dataset's
+    input shape) and `y` (labels in [0, num_classes)), 10 to 1,000 of them; 422 invalid_trigger_set."""
+    code = "invalid_trigger_set"
+    arrays = read_arrays(path, ("x", "y"), max_bytes=max_bytes, code=code, what="trigger set")
+    x = validate_inputs(arrays["x"], "x", code)
+    y = validate_labels(arrays["y"], "y", len(x), code)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise APIError(422, code, f"x must hold inputs of shape {tuple(input_shape)}; got {tuple(x.shape[1:])}")
+    if not MIN_UPLOADED <= len(x) <= MAX_UPLOADED:
+        raise APIError(422, code, f"a trigger set holds {MIN_UPLOADED} to {MAX_UPLOADED} inputs; got {len(x)}")
+    if x.min() < 0 or x.max() > 1:
+        raise APIError(422, code, "x must lie in [0, 1] (raw pixel values, as the dataset's own inputs)")
+    if y.max() >= num_classes:
+        raise APIError(422, code, f"y must lie in [0, {num_classes})")
+    return Triggers(torch.from_numpy(x), torch.from_numpy(y))
 
 
 def save_triggers(store: ArtifactStore, triggers: Triggers) -> tuple[str, int]:
@@ -109,15 +142,18 @@ def trigger_references(session: Session, store: ArtifactStore, *, ticket_id: str
 
 
 def judge_answers(triggers: Triggers, answers: np.ndarray, num_classes: int, reference_matches: list[float], *,
-                  min_references: int) -> dict[str, Any]:
-    """The trigger-set test's evidence: matches, the chance p (exact for any model that never saw the
-    key) and, with at least `min_references` reference models, the p against their match rate. The
-    decision takes the larger of the two."""
+                  min_references: int, source: str = "generated") -> dict[str, Any]:
+    """The trigger-set test's evidence: matches, the chance p and, with at least `min_references`
+    reference models, the p against their match rate; the decision takes the larger. The chance p
+    is exact only for keyed labels (`generated`): an owner who chose the labels of an `uploaded` set
+    could have chosen a suspect's own answers, so such a set is judged against the references alone
+    and decides nothing (p 1) until there are enough of them."""
     matches, total = int((torch.as_tensor(answers) == triggers.y).sum()), len(triggers)
-    result: dict[str, Any] = {"matches": matches, "size": total, "chance_rate": 1.0 / num_classes,
+    result: dict[str, Any] = {"source": source, "matches": matches, "size": total, "chance_rate": 1.0 / num_classes,
                               "p_chance": chance_p(matches, total, num_classes), "references": len(reference_matches)}
-    result["p_value"] = result["p_chance"]
-    if len(reference_matches) >= min_references:
+    result["p_value"] = result["p_chance"] if source == "generated" else 1.0
+    result["calibrated"] = len(reference_matches) >= min_references
+    if result["calibrated"]:
         p_empirical, rate = empirical_p(matches, total, [round(m) for m in reference_matches], num_classes)
         result.update(reference_rate=sum(reference_matches) / (total * len(reference_matches)), null_rate=rate,
                       p_empirical=p_empirical, p_value=max(result["p_chance"], p_empirical))

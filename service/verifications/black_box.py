@@ -62,7 +62,7 @@ def trigger_test(ctx: JobContext, candidate: Candidate, answers_for) -> dict[str
     triggers = load_triggers(ctx.store.path(candidate.trigger_set.artifact_sha256))
     answers, extra = answers_for(candidate, triggers)
     result = judge_answers(triggers, answers, candidate.trigger_set.num_classes, candidate.references,
-                           min_references=ctx.settings.topology_min_references)
+                           min_references=ctx.settings.topology_min_references, source=candidate.trigger_set.source)
     return {"ticket_id": candidate.ticket.id, **result, **extra}
 
 

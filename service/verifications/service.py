@@ -149,7 +149,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
             answers = predict_labels(ticket.arch, specs[ticket.dataset], suspect.weights, triggers.x)
             _add_test(tests, "trigger_set", judge_answers(
                 triggers, answers, trigger_set.num_classes, found.trigger_references.get(ticket.id, []),
-                min_references=settings.topology_min_references))
+                min_references=settings.topology_min_references, source=trigger_set.source))
         tests["summary_distance"] = distance
         compared += 1
         if best is None or _stronger(tests, best[2]):
