@@ -203,3 +203,26 @@ def test_an_uploaded_trigger_set_decides_only_against_independent_models(client,
                                data={"arch": "lenet300_100", "dataset": "digits", "name": "bad"})
         error = assert_json_error(response, 422, "invalid_trigger_set")
         assert re.search(message, error["message"]), error
+
+
+def test_a_signed_ticket_with_a_trigger_set_is_judged_by_all_its_tests(client, alice, bob, model_files, tmp_path):
+    from tests.test_aligned_topology import _pruned
+    from verifier.checkpoint import save_state_dict
+
+    for index in range(10):  # independent models registered before it: the trigger set's empirical null
+        path = tmp_path / f"independent{index}.safetensors"
+        save_state_dict(_pruned(200 + index), path)
+        register_ok(client, bob.headers, path, name=f"independent {index}")
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs="1", **TRIGGERS)
+    assert ticket["signature"] == "qr" and ticket["signature_report"] and ticket["trigger_set_report"]
+    job = client.get(f"/v1/jobs/{ticket['job_id']}", headers=alice.headers).json()
+    assert job["result"]["trigger_set"]["references"] == 10
+    registered = client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content
+    result = _verify(client, alice.headers, ticket_id=ticket["id"], mode="both", files={"model": ("m", registered)})
+    evidence = result["evidence"]
+    assert result["verdict"] == "match" and evidence["schemes"] == ["topology", "qr", "trigger_set"]
+    assert evidence["qr"]["payload_valid"]  # the trigger fine-tune kept the signed mask
+    trigger = evidence["trigger_set"]
+    assert trigger["calibrated"] and trigger["references"] == 10
+    assert trigger["p_chance"] <= trigger["p_empirical"] == trigger["p_value"] < 1e-10
+    assert trigger["null_rate"] >= 0.1
