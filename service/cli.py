@@ -217,6 +217,8 @@ def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]
                  help="qr: write a QR code bound to you into the mask; fingerprint/none: keep the mask; "
                       "auto: qr where a layer is large enough.")] = "auto",
              recovery_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after writing the code.")] = 2,
+             trigger_set: Annotated[bool, typer.Option(help="Also embed a secret trigger set for black-box "
+                                                       "verification.")] = False,
              url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
              wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = True) -> None:
     """Register ownership of a ticket (a .safetensors or .pt state dict). The registered ticket, with
@@ -224,7 +226,7 @@ def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]
     client = _client(url, api_key)
     with reporting_client_errors():
         accepted = client.register(model, arch=arch, dataset=dataset, name=name, signature=signature,
-                                   recovery_epochs=recovery_epochs)
+                                   recovery_epochs=recovery_epochs, trigger_set=trigger_set)
         console.print(f"ticket {accepted['id']} accepted (job {accepted['job_id']})")
         if wait:
             job = wait_with_progress(client, accepted["job_id"], "registering")
@@ -236,20 +238,40 @@ def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]
 
 
 @app.command()
-def verify(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+def verify(model: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False,
+                                                        help="The suspect model file.")] = None,
            ticket_id: Annotated[str | None, typer.Option("--ticket", help="One of your tickets; "
                                                          "omit to search every registered ticket.")] = None,
+           mode: Annotated[str | None, typer.Option(help="white_box, black_box or both (default: white_box "
+                                                    "for a model file, black_box otherwise).")] = None,
+           endpoint: Annotated[str | None, typer.Option(help="Instead of a file: the suspect's prediction "
+                                                        "API (needs --ticket).")] = None,
+           answers: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Instead of a file: "
+                                                        "JSON answers to your ticket's trigger inputs.")] = None,
            url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
            wait: Annotated[bool, typer.Option(help="Wait for the verdict.")] = True) -> None:
-    """Ask whether a suspect model derives from a registered ticket."""
+    """Ask whether a suspect (a model file, a prediction endpoint, or answers you gathered) derives
+    from a registered ticket."""
     client = _client(url, api_key)
     with reporting_client_errors():
-        accepted = client.verify(model, ticket_id=ticket_id)
+        accepted = client.verify(model, ticket_id=ticket_id, mode=mode, endpoint=endpoint, answers=answers)
         console.print(f"verification {accepted['id']} accepted (job {accepted['job_id']})")
         if wait:
             wait_with_progress(client, accepted["job_id"], "verifying")
             result = client.verification(accepted["id"])
             console.print_json(data=result)
+
+
+@app.command("trigger-set")
+def trigger_set_download(ticket_id: str, output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
+                                                                              help="Where to save the .npz.")],
+                         url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """Download your ticket's trigger set (.npz: x, y) to query a suspect yourself; upload its answers
+    with `verify --answers`."""
+    client = _client(url, api_key)
+    with reporting_client_errors():
+        client.download_trigger_set(ticket_id, output)
+    console.print(f"saved {output}")
 
 
 def parse_params(pairs: list[str]) -> dict:

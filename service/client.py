@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,26 @@ class TicketGuardClient:
         return response.json()
 
     def register(self, model: Path, *, arch: str, dataset: str, name: str, signature: str = "auto",
-                 recovery_epochs: int = 2) -> dict:
+                 recovery_epochs: int = 2, trigger_set: bool = False) -> dict:
         data = {"arch": arch, "dataset": dataset, "name": name, "signature": signature,
-                "recovery_epochs": str(recovery_epochs)}
+                "recovery_epochs": str(recovery_epochs), "trigger_set": str(trigger_set).lower()}
         with open(model, "rb") as handle:
             return self._call("POST", "/v1/tickets", data=data,
                               files={"model": (model.name, handle, "application/octet-stream")})
 
-    def verify(self, model: Path, *, ticket_id: str | None = None) -> dict:
-        data = {"ticket_id": ticket_id} if ticket_id else {}
-        with open(model, "rb") as handle:
-            return self._call("POST", "/v1/verifications", data=data,
-                              files={"model": (model.name, handle, "application/octet-stream")})
+    def verify(self, model: Path | None = None, *, ticket_id: str | None = None, mode: str | None = None,
+               endpoint: str | None = None, answers: Path | None = None) -> dict:
+        """One suspect: a model file, a prediction endpoint's URL, or a JSON file of answers."""
+        data = {key: value for key, value in (("ticket_id", ticket_id), ("mode", mode), ("endpoint", endpoint))
+                if value}
+        with ExitStack() as stack:
+            files = {field: (path.name, stack.enter_context(open(path, "rb")), "application/octet-stream")
+                     for field, path in (("model", model), ("answers", answers)) if path is not None}
+            return self._call("POST", "/v1/verifications", data=data, files=files or None)
+
+    def download_trigger_set(self, ticket_id: str, destination: Path) -> None:
+        """Save your ticket's trigger set (.npz: x, y) to `destination`."""
+        self._download(f"/v1/tickets/{ticket_id}/trigger-set", destination)
 
     def find(self, *, arch: str, dataset: str, method: str, seed: int, hyperparameters: dict) -> dict:
         return self._call("POST", "/v1/tickets/find", json={"arch": arch, "dataset": dataset, "method": method,

@@ -226,3 +226,22 @@ def test_a_signed_ticket_with_a_trigger_set_is_judged_by_all_its_tests(client, a
     assert trigger["calibrated"] and trigger["references"] == 10
     assert trigger["p_chance"] <= trigger["p_empirical"] == trigger["p_value"] < 1e-10
     assert trigger["null_rate"] >= 0.1
+
+
+def test_the_python_client_registers_downloads_and_verifies_black_box(client, alice, model_files, tmp_path):
+    from service.client import TicketGuardClient
+
+    api = TicketGuardClient("http://testserver", None)
+    api.http = client  # the app in-process, with alice's key
+    client.headers.update(alice.headers)
+    accepted = api.register(model_files.ticket, arch="lenet300_100", dataset="digits", name="via client",
+                            signature="fingerprint", trigger_set=True)
+    assert api.wait(accepted["job_id"])["status"] == "succeeded"
+    api.download_trigger_set(accepted["id"], tmp_path / "triggers.npz")
+    with np.load(tmp_path / "triggers.npz", allow_pickle=False) as archive:
+        x, y = archive["x"], archive["y"]
+    (tmp_path / "answers.json").write_text(json.dumps({"labels": y.tolist()}))  # a suspect that answers all
+    by_answers = api.verify(answers=tmp_path / "answers.json", ticket_id=accepted["id"])
+    by_model = api.verify(model_files.independent, ticket_id=accepted["id"], mode="black_box")
+    verdicts = [api.verification(v["id"])["verdict"] for v in (by_answers, by_model)]
+    assert verdicts == ["match", "no_match"] and x.shape == (100, 1, 8, 8)

@@ -145,7 +145,8 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
                  owner_id=ticket.owner_id, ticket_id=ticket.id,
                  payload={"name": ticket.name, "arch": ticket.arch, "dataset": ticket.dataset,
                           "model_sha256": ticket.model_sha256, "mask_sha256": ticket.mask_sha256,
-                          "sparsity": round(ticket.sparsity, 6), "signature": ticket.signature})
+                          "sparsity": round(ticket.sparsity, 6), "signature": ticket.signature,
+                          "trigger_set": trigger_set["source"] if trigger_set else None})
 
 
 def registration_params(ticket: Ticket, dataset: DatasetRef) -> dict[str, Any]:
