@@ -54,8 +54,10 @@ def calibrate_nearest(settings, store, ranked_ids: list[str]) -> None:
         unsigned = [i for i in shortlist if tickets[i].signature != "qr"][:settings.aligned_candidates]
         calibrated = stored_references(session, unsigned)
         for ticket_id in unsigned:
-            if ticket_id not in calibrated:
-                recalibrate(session, store, tickets[ticket_id], limit=settings.topology_references)
+            count = len(calibrated.get(ticket_id, [])) or recalibrate(session, store, tickets[ticket_id],
+                                                                    limit=settings.topology_references)
+            print(f"nearest unsigned candidate of the independent suspect: {count} references "
+                  f"(the aligned test runs from {settings.topology_min_references})", file=sys.stderr)
 
 
 def main() -> None:
@@ -128,7 +130,10 @@ def main() -> None:
                                                files={"model": ("s", data)}).json()
                         result = client.get(f"/v1/verifications/{accepted['id']}", headers=headers).json()
                         assert result["status"] == "completed", result
-                        verdicts.append(f"{result['verdict']} ({result['evidence']['candidates_compared']} tested)")
+                        evidence = result["evidence"]
+                        aligned = evidence.get("aligned_topology", {}).get("calibrated", False)
+                        verdicts.append(f"{result['verdict']} ({evidence['candidates_compared']} tested"
+                                        f"{', aligned test run' if aligned else ''})")
 
                     times = time_calls(verify, args.repeats)
                     rows.append((count, name, statistics.median(rank_times), statistics.median(times), max(times),
