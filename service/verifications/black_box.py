@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from verifier.checkpoint import read_state_dict, split_masks
 from verifier.errors import VerifierError
 from verifier.models import build_model
 from verifier.topology import bonferroni, verdict
+from verifier.triggers import TriggerSet as Triggers
 
 
 @dataclass
@@ -57,8 +59,11 @@ def trigger_candidates(ctx: JobContext, ticket_ids: list[str] | None) -> list[Ca
             for ticket, found in rows]
 
 
-def trigger_test(ctx: JobContext, candidate: Candidate, answers_for) -> dict[str, Any]:
-    """Judge the answers `answers_for(triggers)` gives for this candidate's trigger set."""
+AnswersFor = Callable[[Candidate, Triggers], tuple[np.ndarray, dict[str, Any]]]  # labels, extra evidence
+
+
+def trigger_test(ctx: JobContext, candidate: Candidate, answers_for: AnswersFor) -> dict[str, Any]:
+    """Judge the suspect's answers (`answers_for`) to this candidate's trigger set."""
     triggers = load_triggers(ctx.store.path(candidate.trigger_set.artifact_sha256))
     answers, extra = answers_for(candidate, triggers)
     result = judge_answers(triggers, answers, candidate.trigger_set.num_classes, candidate.references,
@@ -66,11 +71,11 @@ def trigger_test(ctx: JobContext, candidate: Candidate, answers_for) -> dict[str
     return {"ticket_id": candidate.ticket.id, **result, **extra}
 
 
-def model_answers(weights: dict, masks: dict):
+def model_answers(weights: dict, masks: dict) -> AnswersFor:
     """Answers of an uploaded model run in the worker: only its predicted labels are used."""
     fitted: dict[tuple, ParsedModel | None] = {}
 
-    def answers_for(candidate: Candidate, triggers) -> tuple[np.ndarray, dict]:
+    def answers_for(candidate: Candidate, triggers: Triggers) -> tuple[np.ndarray, dict[str, Any]]:
         key = (candidate.ticket.arch, candidate.spec)
         if key not in fitted:
             template = build_model(candidate.ticket.arch, *candidate.spec).state_dict()
@@ -90,13 +95,13 @@ class _Incompatible(Exception):
     """The uploaded suspect does not fit this candidate's architecture."""
 
 
-def endpoint_answers(ctx: JobContext, url: str, seed: int):
+def endpoint_answers(ctx: JobContext, url: str, seed: int) -> AnswersFor:
     """Answers of a remote endpoint. The trigger inputs go out shuffled among as many ordinary test
     inputs of the ticket's dataset, so the endpoint cannot tell which are triggers; its accuracy on
     the ordinary ones is reported beside the test (a real model answers those well)."""
     policy = policy_from_settings(ctx.settings)
 
-    def answers_for(candidate: Candidate, triggers) -> tuple[np.ndarray, dict]:
+    def answers_for(candidate: Candidate, triggers: Triggers) -> tuple[np.ndarray, dict[str, Any]]:
         data = load(ctx.store, candidate.dataset)
         rng = np.random.default_rng(seed)
         ordinary = rng.choice(len(data.x_test), size=min(len(triggers), len(data.x_test)), replace=False)
@@ -111,11 +116,11 @@ def endpoint_answers(ctx: JobContext, url: str, seed: int):
     return answers_for
 
 
-def uploaded_answers(ctx: JobContext, sha256: str):
+def uploaded_answers(ctx: JobContext, sha256: str) -> AnswersFor:
     """Answers the ticket's owner gathered (validated at submission)."""
     body = json.loads(ctx.store.path(sha256).read_bytes().decode("utf-8"))
 
-    def answers_for(candidate: Candidate, triggers) -> tuple[np.ndarray, dict]:
+    def answers_for(candidate: Candidate, triggers: Triggers) -> tuple[np.ndarray, dict[str, Any]]:
         return parse_answers(body, len(triggers), candidate.trigger_set.num_classes), {}
 
     return answers_for
