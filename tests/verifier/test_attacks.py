@@ -67,3 +67,101 @@ def test_a_fresh_sparse_student_keeps_the_dense_initialisation_scale():
         kept_energy = float((weight[keep] ** 2).sum())  # the dense layer's expected energy, on far fewer weights
         dense_energy = float((dict(dense.named_parameters())[name].detach() ** 2).sum())
         assert kept_energy == pytest.approx(dense_energy, rel=0.25)
+
+
+def _sparse_lenet(seed: int = 0, density: float = 0.3):
+    from verifier.masks import magnitude_mask
+    from verifier.models import prunable_parameters
+
+    torch.manual_seed(seed)
+    model = build_model("lenet300_100", (1, 8, 8), 10)
+    names = prunable_parameters("lenet300_100", model)
+    mask = magnitude_mask(dict(model.named_parameters()), dict.fromkeys(names, density))
+    from verifier.masks import apply_mask
+
+    apply_mask(model, mask)
+    return model, mask
+
+
+def _kept(mask) -> dict[str, int]:
+    return {name: int(keep.sum()) for name, keep in mask.items()}
+
+
+def _zeros_outside(model, mask) -> bool:
+    params = dict(model.named_parameters())
+    return all(int((params[n].detach()[~keep] != 0).sum()) == 0 for n, keep in mask.items())
+
+
+def test_random_and_layer_pruning_remove_exactly_what_they_say():
+    from verifier.attacks import prune_layer, random_prune
+
+    model, mask = _sparse_lenet()
+    before = _kept(mask)
+    pruned = random_prune(model, mask, 0.2, seed=1)
+    assert all(_kept(pruned)[n] == before[n] - round(0.2 * before[n]) for n in mask)
+    assert all(bool((pruned[n] <= mask[n]).all()) for n in mask) and _zeros_outside(model, pruned)
+    aimed = prune_layer(model, pruned, "fc2.weight", 0.5)
+    counts = _kept(aimed)
+    assert counts["fc2.weight"] == _kept(pruned)["fc2.weight"] - round(0.5 * _kept(pruned)["fc2.weight"])
+    assert all(counts[n] == _kept(pruned)[n] for n in mask if n != "fc2.weight") and _zeros_outside(model, aimed)
+
+
+def test_add_on_revives_exactly_the_asked_share_of_pruned_weights():
+    from verifier.attacks import add_on
+
+    model, mask = _sparse_lenet()
+    grown = add_on(model, mask, 0.05, seed=2)
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        pruned = int((~keep).sum())
+        assert int(grown[name].sum()) - int(keep.sum()) == round(0.05 * pruned)
+        assert bool((keep <= grown[name]).all())
+        assert int((params[name].detach()[grown[name] & ~keep] != 0).sum()) == round(0.05 * pruned)
+    assert _zeros_outside(model, grown)
+
+
+def test_dense_fine_tuning_then_re_pruning_returns_to_the_tickets_density():
+    from verifier.attacks import dense_finetune_reprune
+    from verifier.data import load_dataset
+
+    data = load_dataset("digits")
+    model, mask = _sparse_lenet()
+    new_mask = dense_finetune_reprune(model, mask, data.x_train[:256], data.y_train[:256], epochs=1)
+    assert sum(_kept(new_mask).values()) == sum(_kept(mask).values())
+    assert _zeros_outside(model, new_mask)
+
+
+def test_transfer_swaps_the_head_and_keeps_the_other_masks():
+    from verifier.attacks import transfer
+
+    model, mask = _sparse_lenet()
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    kept = transfer(model, mask, x, y, 3, epochs=1)
+    assert model(x).shape == (64, 3) and "fc3.weight" not in kept
+    assert _zeros_outside(model, kept)
+
+
+def test_removing_a_residual_block_makes_it_pass_its_input_through():
+    from verifier.attacks import removable_blocks, remove_block
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", (1, 8, 8), 10).eval()
+    blocks = removable_blocks(model)
+    assert "layer1.0" in blocks and "layer2.0" not in blocks  # layer2.0 projects its shortcut
+    remove_block(model, "layer1.1")
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    assert torch.allclose(model.get_submodule("layer1.1")(x), x)
+    with pytest.raises(ValueError):
+        remove_block(model, "layer2.0")
+
+
+def test_a_distilled_student_keeps_the_requested_sparsity():
+    from verifier.attacks import distill, fresh_sparse_student
+    from verifier.masks import random_mask
+
+    teacher, mask = _sparse_lenet()
+    student_mask = random_mask({n: k.shape for n, k in mask.items()}, {n: 0.1 for n in mask}, seed=3)
+    student = fresh_sparse_student("lenet300_100", (1, 8, 8), 10, student_mask, seed=4)
+    distill(teacher, student, student_mask, torch.rand(128, 1, 8, 8), epochs=1)
+    assert _kept(student_mask) == {n: round(0.1 * k.numel()) for n, k in mask.items()}
+    assert _zeros_outside(student, student_mask)

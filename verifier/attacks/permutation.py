@@ -1,0 +1,36 @@
+"""Function-preserving permutation of hidden units: the network computes exactly what it did, and
+every position-based comparison is scrambled."""
+
+from __future__ import annotations
+
+import torch
+
+
+def permute_hidden_units(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """A function-preserving permutation of hidden units: both hidden layers of lenet300_100; the
+    channels of conv1-conv3 and the units of fc1-fc2 of conv4 (conv4's own channels, which fc1 reads
+    as flattened blocks, stay); or the internal channels of every residual block (conv, its BatchNorm,
+    the next conv's inputs) of the ResNets. The outputs are unchanged; every position-based
+    comparison is scrambled. Other architectures: the attack issue."""
+    generator = torch.Generator().manual_seed(seed)
+    if arch == "lenet300_100":
+        chains = [("fc1", None, "fc2"), ("fc2", None, "fc3")]
+    elif arch == "conv4":
+        chains = [("conv1", None, "conv2"), ("conv2", None, "conv3"), ("conv3", None, "conv4"),
+                  ("fc1", None, "fc2"), ("fc2", None, "fc3")]
+    elif arch.startswith("resnet"):
+        blocks = sorted({key.rsplit(".conv1.weight", 1)[0] for key in state if key.endswith(".conv1.weight")
+                         and key.startswith("layer")})
+        chains = [(f"{b}.conv{i}", f"{b}.bn{i}", f"{b}.conv{i + 1}") for b in blocks for i in (1, 2)
+                  if f"{b}.conv{i + 1}.weight" in state]
+    else:
+        raise ValueError(f"permute_hidden_units supports lenet300_100, conv4 and the ResNets, not {arch}")
+    out = dict(state)
+    for producer, norm, consumer in chains:
+        order = torch.randperm(out[f"{producer}.weight"].shape[0], generator=generator)
+        for key in [f"{producer}.weight", f"{producer}.bias"] + [
+                f"{norm}.{p}" for p in ("weight", "bias", "running_mean", "running_var")] * (norm is not None):
+            if key in out:
+                out[key] = out[key][order]
+        out[f"{consumer}.weight"] = out[f"{consumer}.weight"][:, order]
+    return out
