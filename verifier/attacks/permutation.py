@@ -34,3 +34,27 @@ def permute_hidden_units(arch: str, state: dict[str, torch.Tensor], seed: int) -
                 out[key] = out[key][order]
         out[f"{consumer}.weight"] = out[f"{consumer}.weight"][:, order]
     return out
+
+
+@torch.no_grad()
+def permute_checked(arch: str, state: dict[str, torch.Tensor], input_shape: tuple[int, ...], num_classes: int,
+                    seed: int, *, probes: int = 16, atol: float = 1e-4) -> dict[str, torch.Tensor]:
+    """`permute_hidden_units`, and proof that it preserved the function: the permuted model's outputs
+    on `probes` random inputs (eval mode) equal the original's within `atol` relative to their scale;
+    raises VerifierError otherwise (a permutation that changes the function is not this attack)."""
+    from verifier.errors import VerifierError
+    from verifier.models import build_model
+
+    permuted = permute_hidden_units(arch, state, seed)
+    x = torch.randn(probes, *input_shape, generator=torch.Generator().manual_seed(seed))
+    outputs = []
+    for weights in (state, permuted):
+        model = build_model(arch, input_shape, num_classes)
+        model.load_state_dict(weights)
+        outputs.append(model.eval()(x))
+    scale = float(outputs[0].abs().max()) or 1.0
+    error = float((outputs[0] - outputs[1]).abs().max())
+    if error > atol * scale:
+        raise VerifierError(f"the permutation changed the outputs by {error:.3g} (scale {scale:.3g})",
+                            code="permutation_not_preserving")
+    return permuted
