@@ -131,7 +131,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.05, f"ranking {len(entries)} registered ticket(s)", force=True)
     ranked, suspects, incompatible = _rank(ctx, entries, specs, weights, masks)
     shortlist = ranked[:settings.search_candidates]
-    found = _shortlisted(settings, [entry.ticket_id for _, entry in shortlist], both=params.get("mode") == "both")
+    found = load_candidates(settings, [entry.ticket_id for _, entry in shortlist], both=params.get("mode") == "both")
     seed = zlib.crc32(params["verification_id"].encode())
     best: tuple[float, Ticket, dict] | None = None
     compared = 0
@@ -139,17 +139,9 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     for index, (distance, entry) in enumerate(shortlist):
         ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
         ticket, suspect = found.tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
-        calibration = found.references.get(ticket.id, []) if ticket.id in found.aligned_ids else None
-        tests = _test_candidate(ctx, ticket, found.signatures.get(ticket.id), suspect.weights,
-                                suspect.mask if masks else None, seed, references=calibration,
+        tests = candidate_tests(ctx, found, ticket, specs[ticket.dataset], suspect.weights,
+                                suspect.mask if masks else None, seed,
                                 selection=1 if params["ticket_id"] else len(ranked))
-        if ticket.id in found.trigger_sets:  # mode both: the same file's answers to the trigger inputs
-            trigger_set = found.trigger_sets[ticket.id]
-            triggers = load_triggers(ctx.store.path(trigger_set.artifact_sha256))
-            answers = predict_labels(ticket.arch, specs[ticket.dataset], suspect.weights, triggers.x)
-            _add_test(tests, "trigger_set", judge_answers(
-                triggers, answers, trigger_set.num_classes, found.trigger_references.get(ticket.id, []),
-                min_references=settings.topology_min_references, source=trigger_set.source))
         tests["summary_distance"] = distance
         compared += 1
         if best is None or _stronger(tests, best[2]):
@@ -170,12 +162,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         evidence["reason"] = "no registered ticket has an architecture the suspect fits"
         return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
     raw_p, ticket, tests = best
-    p_value = bonferroni(raw_p, compared)
-    decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
+    decided, p_value, decided_by = decide(settings, tests, compared)
     qr = tests.get("qr")
-    decided_by = "p_value"
-    if qr is not None and qr["payload_valid"]:
-        decided, decided_by = "match", "qr_mac"  # a decoded payload with a valid MAC is decisive
     owner_sees = ticket.owner_id == params["requester_id"]
     disclose = decided == "match" or owner_sees
     if disclose:  # which tests a ticket carries is the ticket's business until it matches
@@ -199,9 +187,19 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
             "ticket_id": ticket.id if disclose else None}
 
 
+def decide(settings, tests: dict[str, Any], compared: int) -> tuple[str, float, str]:
+    """(verdict, p corrected over the `compared` candidates, what decided it) for the deciding
+    candidate's tests; a decoded QR payload with a valid MAC is decisive whatever the p."""
+    p_value = bonferroni(tests["p_value"], compared)
+    if tests.get("qr", {}).get("payload_valid"):
+        return "match", p_value, "qr_mac"
+    decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
+    return decided, p_value, "p_value"
+
+
 @dataclass
-class _Shortlisted:
-    """What the full tests need of the shortlisted tickets, read in one session."""
+class Candidates:
+    """What the full tests need of the tickets tested in full, read in one session."""
 
     tickets: dict[str, Ticket]
     signatures: dict[str, Signature]
@@ -211,12 +209,13 @@ class _Shortlisted:
     trigger_references: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _shortlisted(settings, ids: list[str], *, both: bool) -> _Shortlisted:
+def load_candidates(settings, ids: list[str], *, both: bool) -> Candidates:
+    """The tickets `ids` with their signatures, calibrations and (`both`) trigger sets."""
     with session_factory(settings.resolved_database_url)() as session:
         signatures = {s.ticket_id: s for s in session.execute(
             select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
         aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
-        found = _Shortlisted(
+        found = Candidates(
             tickets={t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()},
             signatures=signatures, aligned_ids=aligned_ids, references=stored_references(session, aligned_ids))
         if both:
@@ -263,14 +262,37 @@ def _stronger(tests: dict[str, Any], than: dict[str, Any]) -> bool:
     return tests["p_value"] < than["p_value"]
 
 
-def _test_candidate(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
-                    suspect_mask: dict | None, seed: int, *, references: list[float] | None,
-                    selection: int) -> dict[str, Any]:
-    """Every test the ticket carries, and their combined p (Bonferroni over the tests). `references`
-    (None: not among the candidates that get it) calibrates the aligned topology test; `selection` is
-    how many tickets the candidate was chosen from, which that test's p is corrected for."""
+def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tuple, suspect_weights: dict,
+                    suspect_mask: dict | None, seed: int, *, selection: int,
+                    layers: set[str] | None = None) -> dict[str, Any]:
+    """Every test `ticket` carries against one suspect (white-box; the trigger set too where `found`
+    holds it), and their combined p (Bonferroni over the tests). `selection` is how many tickets the
+    candidate was chosen from. `layers` restricts the white-box tests to those prunable layers (a
+    suspect with another head); the aligned test, calibrated on every layer, is then left out, and
+    so is the trigger set, whose labels the suspect no longer shares."""
+    calibration = found.references.get(ticket.id, []) if ticket.id in found.aligned_ids and layers is None else None
+    tests = _white_box_tests(ctx, ticket, found.signatures.get(ticket.id), suspect_weights, suspect_mask, seed,
+                             references=calibration, selection=selection, layers=layers)
+    if ticket.id in found.trigger_sets and layers is None:  # the same weights' answers to the trigger inputs
+        trigger_set = found.trigger_sets[ticket.id]
+        triggers = load_triggers(ctx.store.path(trigger_set.artifact_sha256))
+        answers = predict_labels(ticket.arch, spec, suspect_weights, triggers.x)
+        _add_test(tests, "trigger_set", judge_answers(
+            triggers, answers, trigger_set.num_classes, found.trigger_references.get(ticket.id, []),
+            min_references=ctx.settings.topology_min_references, source=trigger_set.source,
+            registered_at=trigger_set.created_at))
+    return tests
+
+
+def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
+                     suspect_mask: dict | None, seed: int, *, references: list[float] | None, selection: int,
+                     layers: set[str] | None) -> dict[str, Any]:
+    """Topology, and the QR test where signed or else the aligned topology test where `references`
+    (None: not among the candidates that get it) calibrate it; `selection` corrects the latter."""
     settings = ctx.settings
     ticket_mask = load_mask(ctx.store.path(ticket.mask_sha256))
+    if layers is not None:
+        ticket_mask = {name: keep for name, keep in ticket_mask.items() if name in layers}
     topology = compare_topology(
         ticket_mask, suspect_weights, suspect_mask=suspect_mask,
         hidden_axes={name: hidden_axis(ticket.arch, name) for name in ticket_mask},
