@@ -1,4 +1,4 @@
-"""Database tables: owners, API keys, artifacts, tickets, jobs, verifications, audit events."""
+"""Database tables: owners, API keys, artifacts, tickets, jobs, verifications, attack reports, audit events."""
 
 from __future__ import annotations
 
@@ -206,6 +206,25 @@ class Verification(Base):
     matched_ticket_id: Mapped[str | None] = mapped_column(ForeignKey("tickets.id"), nullable=True)
     evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AttackReport(Base):
+    """An owner's robustness report on one of its tickets: the attack job's request and, once it has
+    run, one row per attack and strength (accuracy, test p-values, verdict)."""
+
+    __tablename__ = "attack_reports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rows: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
