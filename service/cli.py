@@ -334,6 +334,97 @@ def find(arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100
             console.print(f"registered as ticket {registered['id']}")
 
 
+def parse_attacks(specs: list[str]) -> list[dict]:
+    """`name` or `name=s1,s2` -> the request's `attacks` items."""
+    items = []
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        item: dict = {"name": name}
+        if sep:
+            try:
+                item["strengths"] = [float(s) for s in raw.split(",")]
+            except ValueError:
+                raise typer.BadParameter(f"expected name=s1,s2 with numbers, got {spec!r}",
+                                         param_hint="--attack") from None
+        items.append(item)
+    return items
+
+
+def _cell(value, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2g}" if abs(value) < 1e-3 and value else f"{value:.{digits}g}"
+    return str(value)
+
+
+def print_attack_report(report: dict) -> None:
+    """The report's rows as a table, then its headline."""
+    table = Table(title=f"attack report {report['id']} on ticket {report['ticket_id']} ({report['status']})")
+    columns = ("attack", "strength", "status", "test_accuracy", "accuracy_change", "within_fidelity", "qr_decoded",
+               "module_p", "topology_p", "aligned_topology_p", "trigger_accuracy", "trigger_p", "verdict")
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in report["rows"]:
+        table.add_row(*(_cell(row[c]) for c in columns))
+    console.print(table)
+    for row in report["rows"]:
+        if row["status"] != "done" and row["note"]:
+            console.print(f"{row['attack']}@{row['strength']:g} {row['status']}: {row['note']}")
+    if report["summary"]:
+        console.print(f"[bold]{report['summary']['headline']}[/bold]")
+
+
+@app.command()
+def attack(ticket_id: Annotated[str, typer.Argument(help="One of your registered tickets.")],
+           preset: Annotated[str | None, typer.Option(help="paper (the paper's table) or full (every attack); "
+                                                      "default paper unless --attack is given.")] = None,
+           attack_specs: Annotated[list[str] | None, typer.Option(
+               "--attack", "-a", help="Instead of a preset: name or name=s1,s2 (see GET /v1/attacks); "
+                                      "repeat for more.")] = None,
+           data: Annotated[str | None, typer.Option(help="Data set the thief trains on (default the "
+                                                    "ticket's).")] = None,
+           fidelity_bound: Annotated[float, typer.Option(help="Accuracy a thief may lose (0.01 = 1 point).")] = 0.01,
+           max_epochs: Annotated[int, typer.Option(help="Budget: the most training epochs of one attack.")] = 20,
+           seed: int = 0,
+           plots: Annotated[Path | None, typer.Option(file_okay=False, help="With --wait: save each attack "
+                                                      "family's PNG plot in this folder.")] = None,
+           csv_out: Annotated[Path | None, typer.Option("--csv", dir_okay=False, help="With --wait: save the "
+                                                        "report as CSV here.")] = None,
+           url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
+           wait: Annotated[bool, typer.Option(help="Wait for the report and print it.")] = False) -> None:
+    """Attack your own ticket as a thief would and report whether ownership is still proven."""
+    body: dict = {"fidelity_bound": fidelity_bound, "seed": seed, "budget": {"max_epochs": max_epochs}}
+    if attack_specs:
+        body["attacks"] = parse_attacks(attack_specs)
+    if preset:
+        body["preset"] = preset
+    if data:
+        body["data"] = data
+    client = _client(url, api_key)
+    with reporting_client_errors():
+        accepted = client.attack(ticket_id, body)
+        console.print(f"attack report {accepted['id']} accepted (job {accepted['job_id']})")
+        if not wait:
+            return
+        job = wait_with_progress(client, accepted["job_id"], "attacking")
+        report = client.attack_report(accepted["id"])
+        print_attack_report(report)
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
+            for path in report["plots"].values():
+                client.download(path, plots / path.rsplit("/", 1)[1])
+            console.print(f"{len(report['plots'])} plot(s) saved in {plots}")
+        if csv_out is not None:
+            client.download(f"/v1/attack-reports/{accepted['id']}", csv_out, format="csv")
+            console.print(f"CSV saved to {csv_out}")
+        if job["status"] != "succeeded":
+            console.print(f"[red]attack job {job['status']}[/red]: {job['error']}")
+            raise typer.Exit(1)
+
+
 @app.command()
 def finders(url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
     """List the ticket-finding methods with their hyperparameters and defaults."""

@@ -84,6 +84,17 @@ class TicketGuardClient:
                 for chunk in response.iter_bytes():
                     handle.write(chunk)
 
+    def attack(self, ticket_id: str, body: dict) -> dict:
+        """Ask for a robustness report on one of your tickets (see `AttackRequest`)."""
+        return self._call("POST", f"/v1/tickets/{ticket_id}/attacks", json=body)
+
+    def attack_report(self, report_id: str) -> dict:
+        return self._call("GET", f"/v1/attack-reports/{report_id}")
+
+    def download(self, path: str, destination: Path, **params: Any) -> None:
+        """Save what GET `path` answers (a plot, a CSV) to `destination`."""
+        self._download(path, destination, params=params or None)
+
     def register_found(self, job_id: str, *, name: str) -> dict:
         return self._call("POST", "/v1/tickets", data={"name": name, "from_job": job_id})
 
