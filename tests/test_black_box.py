@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -54,6 +55,9 @@ def test_registration_embeds_a_trigger_set_only_its_owner_can_download(client, a
     assert (answers == triggers["y"]).mean() == pytest.approx(report["trigger_accuracy_after"])
     for other in (bob, admin):
         assert_json_error(client.get(f"/v1/tickets/{ticket['id']}/trigger-set", headers=other.headers), 404)
+    registered = client.get("/v1/audit", headers=alice.headers, params={"ticket_id": ticket["id"]}).json()["events"]
+    payload = next(e["payload"] for e in registered if e["action"] == "ticket.registered")
+    assert payload["trigger_set"] == "generated" and len(payload["trigger_set_sha256"]) == 64  # contents committed
     plain = register_ok(client, alice.headers, model_files.independent)
     assert plain["trigger_set_report"] is None
     assert_json_error(client.get(f"/v1/tickets/{plain['id']}/trigger-set", headers=alice.headers), 404)
@@ -105,11 +109,13 @@ def test_a_real_endpoint_is_queried_with_triggers_hidden_among_test_inputs(setti
     with TestClient(create_app(local), raise_server_exceptions=False) as client:
         ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
         model = _model(client, alice.headers, ticket["id"])
-        batches = []
+        triggers = torch.from_numpy(_trigger_set(client, alice.headers, ticket["id"])["x"]).flatten(1)
+        batches, received = [], []
 
         def predict(request, body):
             inputs = torch.tensor(json.loads(body)["inputs"])
             batches.append(len(inputs))
+            received.append(inputs)
             with torch.no_grad():
                 labels = model(inputs).argmax(1).tolist()
             return 200, {"content-type": "application/json"}, json.dumps({"labels": labels}).encode()
@@ -120,6 +126,14 @@ def test_a_real_endpoint_is_queried_with_triggers_hidden_among_test_inputs(setti
     evidence = result["evidence"]["trigger_set"]
     assert evidence["queries"] == 200 and evidence["ordinary_accuracy"] > 0.9
     assert sum(batches) == 200 and max(batches) <= local.endpoint_batch_size
+    # Which stored trigger each received input is (-1: an ordinary test input), in arrival order.
+    same = (torch.cat(received).flatten(1)[:, None] == triggers[None]).all(-1)
+    which = torch.where(same.any(1), same.int().argmax(1), -1)
+    positions = torch.nonzero(which >= 0).flatten()
+    assert sorted(which[positions].tolist()) == list(range(100))  # every trigger once, exactly as stored
+    assert positions[-1] - positions[0] > 100  # not one contiguous block ...
+    assert 30 <= int((positions < 100).sum()) <= 70  # ... but spread over both halves of the queries
+    assert which[positions].tolist() != sorted(which[positions].tolist())  # and not in their stored order
 
 
 def test_a_stolen_copy_pruned_and_fine_tuned_is_recognised_by_endpoint_and_as_a_black_box(settings, alice, bob,
@@ -195,6 +209,9 @@ def test_an_uploaded_trigger_set_decides_only_against_independent_models(client,
     evidence = result["evidence"]["trigger_set"]
     assert evidence["p_chance"] < 1e-10  # it answers the owner's labels ...
     assert not evidence["calibrated"] and result["verdict"] == "no_match"  # ... which prove nothing alone
+    registered_at = datetime.fromisoformat(evidence["registered_at"])  # models published before it: no evidence
+    assert datetime.fromisoformat(ticket["created_at"]) <= registered_at <= datetime.fromisoformat(result["created_at"])
+    assert "published after" in evidence["caveat"]
     for bad, message in ((_npz(x=x[:5], y=y[:5]), "10 to 1000"), (_npz(x=x * 3, y=y), r"\[0, 1\]"),
                          (_npz(x=x[:, :, :4], y=y), "shape"), (_npz(x=x, y=y + 10), r"\[0, 10\)"),
                          (_npz(x=x), "missing"), (b"not an archive", "not an .npz")):

@@ -146,7 +146,10 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
                  payload={"name": ticket.name, "arch": ticket.arch, "dataset": ticket.dataset,
                           "model_sha256": ticket.model_sha256, "mask_sha256": ticket.mask_sha256,
                           "sparsity": round(ticket.sparsity, 6), "signature": ticket.signature,
-                          "trigger_set": trigger_set["source"] if trigger_set else None})
+                          "trigger_set": trigger_set["source"] if trigger_set else None,
+                          # commits the set's contents to this time (an uploaded set proves nothing
+                          # about models that existed before it)
+                          "trigger_set_sha256": trigger_set["artifact_sha256"] if trigger_set else None})
 
 
 def registration_params(ticket: Ticket, dataset: DatasetRef) -> dict[str, Any]:

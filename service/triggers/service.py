@@ -11,6 +11,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +142,25 @@ def trigger_references(session: Session, store: ArtifactStore, *, ticket_id: str
     return values
 
 
+UPLOADED_CAVEAT = ("the owner chose these labels and could have copied a model's answers into them: this set is "
+                   "evidence only about models published after its registration time (registered_at; the audit "
+                   "chain's ticket.registered event timestamps it)")
+
+
 def judge_answers(triggers: Triggers, answers: np.ndarray, num_classes: int, reference_matches: list[float], *,
-                  min_references: int, source: str = "generated") -> dict[str, Any]:
+                  min_references: int, source: str = "generated", registered_at: datetime | None = None
+                  ) -> dict[str, Any]:
     """The trigger-set test's evidence: matches, the chance p and, with at least `min_references`
     reference models, the p against their match rate; the decision takes the larger. The chance p
     is exact only for keyed labels (`generated`): an owner who chose the labels of an `uploaded` set
     could have chosen a suspect's own answers, so such a set is judged against the references alone
-    and decides nothing (p 1) until there are enough of them."""
+    and decides nothing (p 1) until there are enough of them; its evidence carries the set's
+    registration time (`registered_at`) and a caveat, as it says nothing of models published before."""
     matches, total = int((torch.as_tensor(answers) == triggers.y).sum()), len(triggers)
     result: dict[str, Any] = {"source": source, "matches": matches, "size": total, "chance_rate": 1.0 / num_classes,
                               "p_chance": chance_p(matches, total, num_classes), "references": len(reference_matches)}
+    if source == "uploaded":
+        result.update(registered_at=registered_at.isoformat() if registered_at else None, caveat=UPLOADED_CAVEAT)
     result["p_value"] = result["p_chance"] if source == "generated" else 1.0
     result["calibrated"] = len(reference_matches) >= min_references
     if result["calibrated"]:

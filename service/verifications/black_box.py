@@ -67,7 +67,8 @@ def trigger_test(ctx: JobContext, candidate: Candidate, answers_for: AnswersFor)
     triggers = load_triggers(ctx.store.path(candidate.trigger_set.artifact_sha256))
     answers, extra = answers_for(candidate, triggers)
     result = judge_answers(triggers, answers, candidate.trigger_set.num_classes, candidate.references,
-                           min_references=ctx.settings.topology_min_references, source=candidate.trigger_set.source)
+                           min_references=ctx.settings.topology_min_references, source=candidate.trigger_set.source,
+                           registered_at=candidate.trigger_set.created_at)
     return {"ticket_id": candidate.ticket.id, **result, **extra}
 
 
@@ -97,8 +98,8 @@ class _Incompatible(Exception):
 
 def endpoint_answers(ctx: JobContext, url: str, seed: int) -> AnswersFor:
     """Answers of a remote endpoint. The trigger inputs go out shuffled among as many ordinary test
-    inputs of the ticket's dataset, so the endpoint cannot tell which are triggers; its accuracy on
-    the ordinary ones is reported beside the test (a real model answers those well)."""
+    inputs of the ticket's dataset, which hides their position, not their nature (they are out of
+    distribution); its accuracy on the ordinary ones is reported beside the test."""
     policy = policy_from_settings(ctx.settings)
 
     def answers_for(candidate: Candidate, triggers: Triggers) -> tuple[np.ndarray, dict[str, Any]]:

@@ -46,23 +46,27 @@ def test_mixing_gives_the_asked_share():
         mixed_training_set(x, y, triggers, 1.0)
 
 
-def test_embedding_teaches_the_triggers_and_the_mask_holds():
+def test_embedding_teaches_the_triggers_and_a_false_claim_on_guessed_triggers_fails():
+    """An independent model whose owner fine-tuned it toward triggers of a guessed key learns those
+    (mask fixed), yet answers the real keys' triggers at chance: without the key a claim cannot pass."""
     data = load_dataset("digits")
     torch.manual_seed(0)
     model = build_model("lenet300_100", data.input_shape, data.num_classes)
     names = prunable_parameters("lenet300_100", model)
     train(model, data.x_train, data.y_train, epochs=3, lr=0.05)
     mask = magnitude_mask(dict(model.named_parameters()), dict.fromkeys(names, 0.3))
-    triggers = generate_triggers(b"owner-key", data.input_shape, data.num_classes)
-    before = trigger_matches(model, triggers)
-    embed_triggers(model, mask, data.x_train, data.y_train, triggers, share=0.25, epochs=15, lr=0.1)
-    after = trigger_matches(model, triggers)
+    guessed = generate_triggers(b"claimant-guess", data.input_shape, data.num_classes)
+    before = trigger_matches(model, guessed)
+    embed_triggers(model, mask, data.x_train, data.y_train, guessed, share=0.25, epochs=15, lr=0.1)
+    after = trigger_matches(model, guessed)
     assert before < 25 and after >= 80, (before, after)
     assert evaluate(model, data.x_test, data.y_test) > 0.9
     assert all(int((dict(model.named_parameters())[n].detach()[~mask[n]] != 0).sum()) == 0 for n in names)
-    assert chance_p(after, len(triggers), data.num_classes) < 1e-30
-    other = generate_triggers(b"guessed-key", data.input_shape, data.num_classes)
-    assert chance_p(trigger_matches(model, other), len(other), data.num_classes) > 1e-3  # the key matters
+    assert chance_p(after, len(guessed), data.num_classes) < 1e-30
+    real = [generate_triggers(b"ticket-key" + bytes([k]), data.input_shape, data.num_classes) for k in range(5)]
+    matches = [trigger_matches(model, triggers) for triggers in real]  # the real tickets' sets: the key matters
+    assert all(chance_p(m, len(t), data.num_classes) > 1e-3 for m, t in zip(matches, real, strict=True)), matches
+    assert chance_p(sum(matches), sum(map(len, real)), data.num_classes) > 1e-3, matches  # no bias when pooled
 
 
 def test_chance_p_is_the_binomial_tail():
