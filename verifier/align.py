@@ -75,6 +75,30 @@ def _hide(s: np.ndarray, rows: np.ndarray, cols: np.ndarray, exclude: tuple[slic
     return hidden
 
 
+def _refine(t: np.ndarray, s: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, iterations: int,
+            align_rows: bool, align_cols: bool, exclude: tuple[slice, slice] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate matching columns given the rows and rows given the columns until nothing changes."""
+    out_channels, in_channels = t.shape[:2]
+    for _ in range(iterations):
+        previous = (rows.copy(), cols.copy())
+        if align_cols:  # columns given rows: compare each column over the matched rows
+            by_col = np.moveaxis(_hide(s, rows, cols, exclude)[rows], 1, 0).reshape(in_channels, -1)
+            cols = _assign(_cosine(np.moveaxis(t, 1, 0).reshape(in_channels, -1), by_col))
+        if align_rows:  # rows given columns
+            by_row = _hide(s, rows, cols, exclude)[:, cols].reshape(out_channels, -1)
+            rows = _assign(_cosine(t.reshape(out_channels, -1), by_row))
+        if np.array_equal(previous[0], rows) and np.array_equal(previous[1], cols):
+            break
+    return rows, cols
+
+
+def _fit(t: np.ndarray, s: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+         exclude: tuple[slice, slice] | None) -> float:
+    """Mean cosine similarity of matched rows, the excluded block left out on both sides."""
+    aligned = _hide(s, rows, cols, exclude)[rows][:, cols].reshape(t.shape[0], -1)
+    return float(np.diag(_cosine(t.reshape(t.shape[0], -1), aligned)).mean())
+
+
 def align_layer(ticket_weight: torch.Tensor, suspect_weight: torch.Tensor, *, iterations: int = 8,
                 align_rows: bool = True, align_cols: bool = True,
                 exclude: tuple[slice, slice] | None = None) -> Alignment:
@@ -98,16 +122,14 @@ def align_layer(ticket_weight: torch.Tensor, suspect_weight: torch.Tensor, *, it
         rows = _assign(_cosine(_profiles(t, 0), _profiles(s, 0)))
     if align_cols:
         cols = _assign(_cosine(_profiles(t, 1), _profiles(s, 1)))
-    for _ in range(iterations):
-        previous = (rows.copy(), cols.copy())
-        if align_cols:  # columns given rows: compare each column over the matched rows
-            by_col = np.moveaxis(_hide(s, rows, cols, exclude)[rows], 1, 0).reshape(in_channels, -1)
-            cols = _assign(_cosine(np.moveaxis(t, 1, 0).reshape(in_channels, -1), by_col))
-        if align_rows:  # rows given columns
-            by_row = _hide(s, rows, cols, exclude)[:, cols].reshape(out_channels, -1)
-            rows = _assign(_cosine(t.reshape(out_channels, -1), by_row))
-        if np.array_equal(previous[0], rows) and np.array_equal(previous[1], cols):
-            break
+    starts = [(rows, cols)]
+    if exclude is not None:
+        # the profiles above see the suspect's window but not the ticket's, which can start the search
+        # far from an unpermuted copy; so also start from no permutation, and keep the better fit
+        starts.append((np.arange(out_channels), np.arange(in_channels)))
+    fits = [_refine(t, s, *start, iterations=iterations, align_rows=align_rows, align_cols=align_cols,
+                    exclude=exclude) for start in starts]
+    rows, cols = max(fits, key=lambda fit: _fit(t, s, *fit, exclude))
     aligned = s[rows][:, cols].reshape(out_channels, -1)
     quality = float(np.diag(_cosine(t.reshape(out_channels, -1), aligned)).mean())
     return Alignment(rows=rows, cols=cols, quality=quality)

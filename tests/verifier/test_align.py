@@ -84,3 +84,15 @@ def test_a_permuted_signed_ticket_reads_back_as_signed():
     window = read_window(stolen_mask, code, placement, alignment)
     assert decode_window(window, code) == code.payload
     assert module_test(stolen_mask, code, placement, alignment=alignment, permutations=199).matched == 567
+
+
+def test_an_unpermuted_copy_aligns_to_itself_when_a_dense_window_is_left_out():
+    # The window is dense and the rest sparse (a code written into a sparse layer, then trained): the
+    # row and column profiles see the suspect's window but not the ticket's, so a search started from
+    # them alone settled on a wrong permutation of an unchanged copy (every one of these seeds).
+    for seed in range(10):
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.rand(100, 100, generator=generator) < 0.03
+        keep[:29, :29] = torch.rand(29, 29, generator=generator) < 0.5
+        weight = torch.randn(100, 100, generator=generator) * keep
+        assert align_layer(weight, weight.clone(), exclude=(slice(0, 29), slice(0, 29))).identity
