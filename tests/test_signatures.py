@@ -7,6 +7,8 @@ from __future__ import annotations
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from service.db import session_factory
+from service.models import Signature
 from tests.helpers import assert_json_error, register, register_ok, verify_ok
 from verifier.attacks import permute_hidden_units
 
@@ -56,6 +58,35 @@ def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the
     independent = verify_ok(client, alice.headers, model_files.independent, ticket_id=ticket["id"])
     assert independent["verdict"] == "no_match"
     assert independent["evidence"]["qr"]["decoded"] is False and independent["evidence"]["qr"]["p_value"] > 0.01
+
+
+def _keys(value) -> set[str]:
+    """Every key of every JSON object nested in `value`."""
+    if isinstance(value, dict):
+        return set(value).union(*(_keys(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_keys(v) for v in value))
+    return set()
+
+
+def test_another_owner_cannot_reach_a_signed_ticket_or_its_credential(client, settings, alice, bob, model_files):
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
+    with session_factory(settings.resolved_database_url)() as session:
+        credential = session.get(Signature, ticket["id"])
+    assert credential is not None and ticket["signature"] == "qr"
+    paths = [f"/v1/tickets/{ticket['id']}", f"/v1/tickets/{ticket['id']}/model", f"/v1/jobs/{ticket['job_id']}"]
+    for path in paths:
+        assert client.get(path, headers=alice.headers).status_code == 200, path
+        assert_json_error(client.get(path, headers=bob.headers), 404, "not_found")
+    readable = [client.get(path, headers=bob.headers) for path in
+                [*paths, "/v1/tickets", "/v1/audit", f"/v1/audit?ticket_id={ticket['id']}", "/v1/me"]]
+    assert all(response.status_code in (200, 404) for response in readable)
+    assert client.get("/v1/tickets", headers=bob.headers).json() == {"tickets": []}
+    assert all(event["owner_id"] == bob.id and event.get("ticket_id") != ticket["id"]
+               for event in client.get("/v1/audit", headers=bob.headers).json()["events"])
+    for response in readable:
+        assert credential.payload not in response.text and credential.layer not in response.text, response.url
+        assert not _keys(response.json()) & {"layer", "row", "col", "offset", "matrix", "credential", "signature"}
 
 
 def test_bad_signature_options_are_422(client, alice, model_files):
