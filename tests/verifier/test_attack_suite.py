@@ -172,3 +172,10 @@ def test_forged_keys_have_the_genuine_keys_size_and_are_retrained(monkeypatch):
         assert all(bool((locked[n] <= union[n]).all()) for n in locked)
         assert count_kept(union) - count_kept(locked) == count_kept(key)
     assert any(not torch.equal(retrained[0][n], retrained[1][n]) for n in locked)  # two different forgeries
+
+
+def test_the_permutation_attack_moves_resnet_streams_too():
+    setup = _setup("resnet20", density=0.5)
+    state = run_attack(setup, "permutation", 0).state
+    assert not torch.equal(state["conv1.weight"], setup.state["conv1.weight"])  # the stem writes the stream
+    assert not torch.equal(state["layer1.0.conv1.weight"], setup.state["layer1.0.conv1.weight"])

@@ -11,7 +11,9 @@ from verifier.attacks.forged_key import forged_key_accuracies
 from verifier.attacks.permutation import permute_checked, permute_hidden_units
 from verifier.attacks.pruning import prune_further, prune_layer, random_prune
 from verifier.attacks.replacement import replace_window
+from verifier.attacks.streams import permute_residual_streams
 
 __all__ = ["add_on", "dense_finetune_reprune", "distill", "fine_tune", "forged_key_accuracies",
-           "fresh_sparse_student", "last_linear", "permute_checked", "permute_hidden_units", "prune_further",
-           "prune_layer", "random_prune", "remove_block", "removable_blocks", "replace_window", "transfer"]
+           "fresh_sparse_student", "last_linear", "permute_checked", "permute_hidden_units",
+           "permute_residual_streams", "prune_further", "prune_layer", "random_prune", "remove_block",
+           "removable_blocks", "replace_window", "transfer"]

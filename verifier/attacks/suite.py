@@ -74,7 +74,8 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
                description="prune the signature layer only (the largest hidden layer of an unsigned ticket)"),
     AttackSpec("permutation", "permutation", "share pruned after permuting", (0.0, 0.1), needs="permutable",
                bounds=SHARE,
-               description="permute every block's hidden channels (outputs unchanged, asserted), then prune"),
+               description="permute every block's hidden channels and, in ResNets, the residual streams "
+                           "(outputs unchanged, asserted), then prune"),
     AttackSpec("add_on", "add-on", "share of pruned weights", (0.005, 0.01, 0.02, 0.05), (0.005, 0.01, 0.02, 0.05),
                bounds=(0.0, 1.0), description="revive a share of the pruned weights with small random values "
                                               "(paper: fake2)"),
