@@ -112,3 +112,23 @@ def test_auto_falls_back_to_fingerprint_when_the_data_set_is_not_here(client, al
     response = register(client, alice.headers, tmp_path / "m.safetensors", dataset="mnist", signature="qr")
     job = client.get(f"/v1/jobs/{response.json()['job_id']}", headers=alice.headers).json()
     assert job["status"] == "failed" and "not found" in job["error"]
+
+
+def test_weights_added_back_do_not_stop_the_code_from_decoding(client, alice, model_files, tmp_path):
+    """The add-on attack (the paper's fake2) on a sparse copy: the window is read from the copy's own
+    nonzeros, so only the dark modules a revived weight lands on flip, and the code still decodes."""
+    from verifier.attacks import add_on
+    from verifier.masks import mask_from_weights
+    from verifier.models import build_model
+
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
+    signed = load_safetensors(client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content)
+    model = build_model("lenet300_100", (1, 8, 8), 10)
+    model.load_state_dict(signed)
+    grown = add_on(model, mask_from_weights(signed, list(ticket["layer_sparsity"])), 0.01, seed=5)
+    assert sum(int(k.sum()) for k in grown.values()) > sum(int((signed[n] != 0).sum()) for n in grown)
+    suspect = tmp_path / "grown.safetensors"
+    suspect.write_bytes(save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()}))
+    result = verify_ok(client, alice.headers, suspect, ticket_id=ticket["id"])
+    qr = result["evidence"]["qr"]
+    assert result["verdict"] == "match" and qr["decoded"] and qr["payload_valid"], qr

@@ -38,7 +38,7 @@ from service.visibility import get_visible
 from verifier.aligned import STATISTIC, aligned_overlap, calibrated_p
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.errors import VerifierError
-from verifier.masks import load_mask
+from verifier.masks import load_mask, mask_from_weights
 from verifier.models import build_model, hidden_axis, permutable_axes
 from verifier.summaries import spectral_summary
 from verifier.topology import bonferroni, compare_topology, estimate_suspect_mask, verdict
@@ -299,12 +299,16 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
         permutations=settings.verify_permutations, seed=seed).to_dict()
     tests: dict[str, Any] = {"schemes": [], "p_values": []}
     _add_test(tests, "topology", topology)
-    mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
+    mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
     if signature is not None:
+        # a sparse suspect's code is read from its own nonzeros: weights added back (the add-on attack)
+        # flip only the dark modules they land on, whereas cutting the layer back to the ticket's
+        # density would drop the code's smallest weights (those the code turned on) and flip far more
+        window_mask = mask if dense or suspect_mask is not None else mask_from_weights(suspect_weights, list(mask))
         _add_test(tests, "qr", check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
-            suspect_mask=mask, permutations=settings.verify_permutations, seed=seed))
+            suspect_mask=window_mask, permutations=settings.verify_permutations, seed=seed))
     elif references is not None:
         aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask, references, selection)
         if aligned["calibrated"]:
