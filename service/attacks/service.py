@@ -28,6 +28,7 @@ from service.models import AttackReport, Job, Owner, Ticket, TicketLock, utcnow
 from service.signatures.service import code_of
 from service.verifications.service import Candidates, candidate_tests, decide, load_candidates
 from service.visibility import get_visible
+from verifier.attacks.finetune import last_linear
 from verifier.attacks.forged_key import forged_key_accuracies
 from verifier.attacks.suite import ATTACKS, Attacked, ThiefSetup, applicable, run_attack
 from verifier.checkpoint import read_state_dict
@@ -178,7 +179,7 @@ def _row(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Dataset
         else:
             attacked = Attacked(setup.state, setup.num_classes) if name == BASELINE[0] else run_attack(
                 replace(setup, seed=seed), name, strength)
-            row.update(_judge(ctx, setup, found, dataset, transfer, attacked, seed,
+            row.update(_judge(ctx, setup, found, dataset, transfer, attacked, seed, transferred=name == "transfer",
                               baseline_accuracy=baseline_accuracy, bound=bound))
     except VerifierError as error:  # an attack that cannot run on this ticket: the row says why
         return {**row, "status": "failed", "note": str(error), "seconds": round(time.monotonic() - began, 2)}
@@ -186,19 +187,19 @@ def _row(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Dataset
 
 
 def _judge(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Dataset, transfer: _Transfer,
-           attacked: Attacked, seed: int, *, baseline_accuracy: float | None, bound: float) -> dict[str, Any]:
+           attacked: Attacked, seed: int, *, transferred: bool, baseline_accuracy: float | None,
+           bound: float) -> dict[str, Any]:
     """The attacked model's test accuracy and the verification of it, with every test the ticket
     carries. A model with another head (`transfer`) is scored on its new task and tested on the
     layers it shares with the ticket; the fidelity bound does not apply to it."""
     model = build_model(setup.arch, setup.input_shape, attacked.num_classes)
     model.load_state_dict(attacked.state)
     ticket = found.tickets[ctx.params["ticket_id"]]
-    if attacked.num_classes == setup.num_classes and attacked.state.keys() == setup.state.keys() and \
-            all(attacked.state[k].shape == v.shape for k, v in setup.state.items()):
-        accuracy, layers = evaluate(model, dataset.x_test, dataset.y_test), None
-    else:
+    if transferred:
         accuracy = evaluate(model, transfer.x_test, transfer.y_test)
-        layers = {n for n in setup.mask if attacked.state[n].shape == setup.state[n].shape}
+        layers = set(setup.mask) - {f"{last_linear(model)}.weight"}
+    else:
+        accuracy, layers = evaluate(model, dataset.x_test, dataset.y_test), None
     tests = candidate_tests(ctx, found, ticket, (setup.input_shape, setup.num_classes), attacked.state, None, seed,
                             selection=1, layers=layers)
     decided, p_value, decided_by = decide(ctx.settings, tests, 1)
