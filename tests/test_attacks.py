@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -181,3 +182,18 @@ def test_the_attack_list_describes_every_attack(client, alice):
     attacks = client.get("/v1/attacks", headers=alice.headers).json()
     assert {a["name"] for a in attacks} == {a for a, _ in preset("full")}
     assert all(a["min_strength"] <= min(a["full"]) and max(a["full"]) <= a["max_strength"] for a in attacks)
+
+
+def test_transfer_to_an_uploaded_task_with_as_many_classes(client, alice, model_files):
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=rng.random((200, 1, 8, 8), dtype=np.float32), y_train=rng.integers(0, 10, 200),
+             x_test=rng.random((50, 1, 8, 8), dtype=np.float32), y_test=rng.integers(0, 10, 50))
+    dataset = client.post("/v1/datasets", headers=alice.headers, data={"name": "noise"},
+                          files={"file": ("noise.npz", buffer.getvalue(), "application/octet-stream")}).json()
+    ticket = register_ok(client, alice.headers, model_files.ticket)
+    report = _report(client, alice, ticket["id"], {"attacks": [{"name": "transfer", "strengths": [1]}],
+                                                    "transfer_dataset": dataset["id"]})
+    row = report["rows"][1]
+    assert row["status"] == "done" and row["within_fidelity"] is None and "accuracy on" in row["note"]
+    assert row["accuracy_change"] is None and row["topology_p"] is not None
