@@ -350,29 +350,47 @@ def parse_attacks(specs: list[str]) -> list[dict]:
     return items
 
 
-def _cell(value, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.2g}" if abs(value) < 1e-3 and value else f"{value:.{digits}g}"
-    return str(value)
+def _p(value) -> str:
+    return "" if value is None else f"{value:.0e}" if value < 0.01 else f"{value:.2f}"
+
+
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def _yes(value) -> str:
+    return "" if value is None else "yes" if value else "no"
+
+
+def _verdict_cell(row: dict) -> str:
+    if row["status"] != "done":
+        return row["status"]
+    if row["verdict"] is None:  # the forged-key row: the key mask's own test
+        return "forgery fails" if row["ownership_proven"] else "key forged"
+    return row["verdict"]
 
 
 def print_attack_report(report: dict) -> None:
-    """The report's rows as a table, then its headline."""
+    """The report's rows as a table (accuracies in %, change in points), then its headline."""
+    rows = report["rows"]
+    columns = [("attack", lambda r: f"{r['attack']} {r['strength']:g}"),
+               ("acc %", lambda r: _percent(r["test_accuracy"])),
+               ("change", lambda r: "" if r["accuracy_change"] is None else f"{100 * r['accuracy_change']:+.1f}"),
+               ("in bound", lambda r: _yes(r["within_fidelity"])), ("decoded", lambda r: _yes(r["qr_decoded"])),
+               ("QR p", lambda r: _p(r["module_p"])), ("topology p", lambda r: _p(r["topology_p"])),
+               ("aligned p", lambda r: _p(r["aligned_topology_p"])),
+               ("trigger %", lambda r: _percent(r["trigger_accuracy"])), ("trigger p", lambda r: _p(r["trigger_p"])),
+               ("verdict", _verdict_cell)]
+    shown = [(name, cell) for name, cell in columns if any(cell(r) for r in rows)]
     table = Table(title=f"attack report {report['id']} on ticket {report['ticket_id']} ({report['status']})")
-    columns = ("attack", "strength", "status", "test_accuracy", "accuracy_change", "within_fidelity", "qr_decoded",
-               "module_p", "topology_p", "aligned_topology_p", "trigger_accuracy", "trigger_p", "verdict")
-    for column in columns:
-        table.add_column(column.replace("_", " "))
-    for row in report["rows"]:
-        table.add_row(*(_cell(row[c]) for c in columns))
+    for name, _ in shown:
+        table.add_column(name, overflow="fold", no_wrap=name == "attack")
+    for row in rows:
+        table.add_row(*(cell(row) for _, cell in shown))
     console.print(table)
-    for row in report["rows"]:
+    for row in rows:
         if row["status"] != "done" and row["note"]:
-            console.print(f"{row['attack']}@{row['strength']:g} {row['status']}: {row['note']}")
+            console.print(f"{row['attack']} {row['strength']:g} {row['status']}: {row['note']}")
     if report["summary"]:
         console.print(f"[bold]{report['summary']['headline']}[/bold]")
 

@@ -35,3 +35,33 @@ def test_find_saves_and_registers(settings, alice, tmp_path):
         bad = CliRunner().invoke(cli_app, ["find", "--arch", "lenet300_100", "-p", "rounds=many",
                                            "--url", f"http://127.0.0.1:{port}", "--api-key", alice.key])
         assert bad.exit_code == 1 and "rounds" in bad.output
+
+
+def test_attack_waits_prints_the_report_and_saves_plots_and_csv(settings, alice, model_files, tmp_path):
+    from service.cli import parse_attacks
+    from tests.helpers import register_ok
+
+    assert parse_attacks(["add_on", "prune_magnitude=0.1,0.2"]) == [
+        {"name": "add_on"}, {"name": "prune_magnitude", "strengths": [0.1, 0.2]}]
+    with pytest.raises(Exception, match="name=s1,s2"):
+        parse_attacks(["prune_magnitude=lots"])
+    inline = settings.model_copy(update={"executor": "inline"})
+    app = create_app(inline)
+    port = free_port()
+    with EmbeddedServer(app, port):
+        from fastapi.testclient import TestClient
+
+        with TestClient(app) as client:
+            ticket = register_ok(client, alice.headers, model_files.ticket)
+        plots, table = tmp_path / "plots", tmp_path / "report.csv"
+        common = ["--url", f"http://127.0.0.1:{port}", "--api-key", alice.key]
+        result = CliRunner().invoke(cli_app, [
+            "attack", ticket["id"], "-a", "prune_magnitude=0.1", "-a", "add_on=0.01", "--wait",
+            "--plots", str(plots), "--csv", str(table), *common])
+        assert result.exit_code == 0, result.output
+        assert "prune_magnitude" in result.output and "ownership proven for" in result.output
+        assert sorted(p.name for p in plots.iterdir()) == ["add-on.png", "pruning.png"]
+        assert table.read_text().splitlines()[0].startswith("attack,family,strength")
+        assert len(table.read_text().splitlines()) == 4  # header, the ticket itself, two attacks
+        bad = CliRunner().invoke(cli_app, ["attack", ticket["id"], "-a", "melt", *common])
+        assert bad.exit_code == 1 and "melt" in bad.output
