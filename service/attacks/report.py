@@ -16,7 +16,7 @@ def empty_row(attack: str, family: str, strength: float, unit: str) -> dict[str,
     return {**dict.fromkeys(COLUMNS), "attack": attack, "family": family, "strength": strength, "unit": unit}
 
 
-def test_columns(tests: dict[str, Any]) -> dict[str, Any]:
+def scheme_columns(tests: dict[str, Any]) -> dict[str, Any]:
     """The report's per-scheme columns from one candidate's tests (`candidate_tests`)."""
     qr, aligned, trigger = tests.get("qr"), tests.get("aligned_topology"), tests.get("trigger_set")
     return {"qr_decoded": qr["decoded"] if qr else None, "qr_payload_valid": qr["payload_valid"] if qr else None,

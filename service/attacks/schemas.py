@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from verifier.attacks.suite import ATTACKS, PRESETS, preset
+from verifier.attacks.suite import ATTACKS, preset
 from verifier.errors import VerifierError
 
 MAX_ROWS = 60
@@ -66,8 +66,9 @@ class AttackRequest(BaseModel):
     def _one_plan(self) -> AttackRequest:
         if self.preset is not None and self.attacks is not None:
             raise ValueError("give either `preset` or `attacks`, not both")
-        if len(self.plan()) > MAX_ROWS:
-            raise ValueError(f"at most {MAX_ROWS} attack rows per report, not {len(self.plan())}")
+        rows = len(self.plan())
+        if rows > MAX_ROWS:
+            raise ValueError(f"at most {MAX_ROWS} attack rows per report, not {rows}")
         return self
 
     def plan(self) -> list[tuple[str, float]]:
@@ -105,6 +106,3 @@ class AttackInfo(BaseModel):
     needs: str | None
     min_strength: float
     max_strength: float
-
-
-PRESET_NAMES = PRESETS

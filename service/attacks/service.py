@@ -15,7 +15,7 @@ import torch
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.attacks.report import empty_row, summarize, test_columns
+from service.attacks.report import empty_row, scheme_columns, summarize
 from service.attacks.schemas import AttackRequest
 from service.audit.chain import append_event
 from service.datasets.catalog import DatasetRef, load, resolve_dataset
@@ -214,7 +214,7 @@ def _judge(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Datas
     if decided_by == "qr_mac":
         notes.append("decided by a valid QR MAC")
     return {"test_accuracy": accuracy, "accuracy_change": change,
-            "within_fidelity": None if change is None else change >= -bound, **test_columns(tests),
+            "within_fidelity": None if change is None else change >= -bound, **scheme_columns(tests),
             "p_value": p_value, "verdict": decided, "ownership_proven": decided == "match",
             "note": "; ".join(notes) or None}
 

@@ -7,14 +7,10 @@ import pytest
 import torch
 
 from verifier.aligned import aligned_overlap
-from verifier.attacks import permute_hidden_units
+from verifier.attacks.permutation import permute_every_channel
 from verifier.attacks.streams import permute_residual_streams
 from verifier.masks import magnitude_mask, mask_from_weights
 from verifier.models import build_model, permutable_axes, prunable_parameters
-
-
-def _both(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    return permute_residual_streams(arch, permute_hidden_units(arch, state, seed), seed + 1)
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet18", "resnet50"])
@@ -26,7 +22,7 @@ def test_permuting_residual_streams_keeps_the_outputs(arch):
     model.eval()
     x = torch.randn(6, 1, 8, 8)
     state = model.state_dict()
-    for permuted in (permute_residual_streams(arch, state, seed=1), _both(arch, state, seed=1)):
+    for permuted in (permute_residual_streams(arch, state, seed=1), permute_every_channel(arch, state, seed=1)):
         other = build_model(arch, (1, 8, 8), 10)
         other.load_state_dict(permuted)
         with torch.no_grad():
@@ -51,7 +47,7 @@ def test_aligned_topology_sees_through_both_permutations():
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     mask = magnitude_mask(weights, dict.fromkeys(names, 0.2))
     ticket = {k: v * mask[k] if k in mask else v for k, v in weights.items()}
-    suspect = _both("resnet20", ticket, seed=3)
+    suspect = permute_every_channel("resnet20", ticket, seed=3)
     suspect_mask = mask_from_weights(suspect, names)
     plain = sum(int((mask[n] & suspect_mask[n]).sum()) for n in names)
     assert plain < 0.5 * sum(int(m.sum()) for m in mask.values())  # unaligned, the copy is scrambled
@@ -79,7 +75,7 @@ def test_a_signed_resnet20_is_caught_through_both_permutations():
     key = whitening_key(b"test secret", "ticket-1")
     signed = sign_ticket("resnet20", data, weights, mask, rewind, code, key=key,
                          recovery=TrainConfig(epochs=1, lr=0.01))
-    stolen = _both("resnet20", signed.weights, seed=5)
+    stolen = permute_every_channel("resnet20", signed.weights, seed=5)
     layer = signed.placement.layer
     assert not torch.equal(stolen[layer], signed.weights[layer])
     read = read_signature("resnet20", code, signed.placement, signed.weights, stolen,

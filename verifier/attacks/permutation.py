@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from verifier.attacks.streams import permute_residual_streams
+
 
 def permute_hidden_units(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """A function-preserving permutation of hidden units: both hidden layers of lenet300_100; the
@@ -36,21 +38,23 @@ def permute_hidden_units(arch: str, state: dict[str, torch.Tensor], seed: int) -
     return out
 
 
+def permute_every_channel(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """`permute_hidden_units`, and for the ResNets then `permute_residual_streams` (seed + 1): every
+    channel that can move does."""
+    permuted = permute_hidden_units(arch, state, seed)
+    return permute_residual_streams(arch, permuted, seed + 1) if arch.startswith("resnet") else permuted
+
+
 @torch.no_grad()
 def permute_checked(arch: str, state: dict[str, torch.Tensor], input_shape: tuple[int, ...], num_classes: int,
                     seed: int, *, probes: int = 16, atol: float = 1e-4) -> dict[str, torch.Tensor]:
-    """`permute_hidden_units` (for the ResNets, then `permute_residual_streams`: every channel that can
-    move does), and proof that it preserved the function: the permuted model's outputs
+    """`permute_every_channel`, and proof that it preserved the function: the permuted model's outputs
     on `probes` random inputs (eval mode) equal the original's within `atol` relative to their scale;
     raises VerifierError otherwise (a permutation that changes the function is not this attack)."""
     from verifier.errors import VerifierError
     from verifier.models import build_model
 
-    permuted = permute_hidden_units(arch, state, seed)
-    if arch.startswith("resnet"):  # and the residual streams the blocks add into
-        from verifier.attacks.streams import permute_residual_streams
-
-        permuted = permute_residual_streams(arch, permuted, seed + 1)
+    permuted = permute_every_channel(arch, state, seed)
     x = torch.randn(probes, *input_shape, generator=torch.Generator().manual_seed(seed))
     outputs = []
     for weights in (state, permuted):
