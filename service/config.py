@@ -27,10 +27,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted upload.")
     secret_key: str | None = Field(None, description="Server secret for API-key and payload MACs; "
                                    "generated once into DATA_DIR when unset.")
-    executor: Literal["local", "inline", "external"] = Field(
+    executor: Literal["local", "inline", "external", "ray"] = Field(
         "local", description="local: `serve` runs jobs in subprocesses; inline: in the API "
-        "process after the response (tests); external: a separate `ticketguard supervise` runs them.")
-    workers: int = Field(2, ge=1, le=64, description="Jobs run at once by the local supervisor.")
+        "process after the response (tests); external: a separate `ticketguard supervise` runs them; "
+        "ray: jobs run as Ray actors on the cluster at RAY_ADDRESS (`pip install ticketguard[ray]`).")
+    workers: int = Field(2, ge=1, le=1024, description="Jobs run at once by a supervisor (with the Ray "
+                         "executor: jobs in flight on the cluster).")
+    ray_address: str | None = Field(None, description="Ray cluster to submit jobs to (e.g. "
+                                    "`ray://head:10001` or `head:6379`); default: start a local Ray instance.")
+    ray_namespace: str = Field("ticketguard", min_length=1, description="Ray namespace of the job actors "
+                               "(one per TicketGuard deployment sharing a cluster).")
+    ray_gpus_per_job: float = Field(1.0, ge=0, le=8, description="GPUs a GPU-wanting job asks Ray for "
+                                    "(a fraction packs several jobs on one GPU); 0, or a cluster without "
+                                    "GPUs, runs every job on CPUs.")
+    ray_cpus_per_job: float = Field(1.0, gt=0, le=64, description="CPUs every job asks Ray for.")
+    ray_gpu_verify_bytes: int = Field(32 * 1024 * 1024, ge=0, description="A white-box verification "
+                                      "wants a GPU when the suspect model file is at least this large.")
     lease_seconds: float = Field(30.0, gt=0, description="Job lease; renewed while a job runs.")
     max_attempts: int = Field(3, ge=1, description="Tries before a job whose worker died fails.")
     verify_permutations: int = Field(9999, ge=99, description="Permutations in the topology null.")
@@ -128,6 +140,8 @@ class Settings(BaseSettings):
             "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
             "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),
         })
+        if self.secret_key:
+            env["TICKETGUARD_SECRET_KEY"] = self.secret_key
         # a worker's share of the cores for torch and BLAS, unless the operator chose: with every worker
         # spinning up a thread per core, concurrent jobs oversubscribe the machine and small matrix
         # products (channel alignment) slow down by an order of magnitude

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
@@ -11,7 +15,7 @@ from service.config import Settings
 from service.db import session_factory
 from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
 from service.jobs.handlers import HANDLERS, mark_domain_failed
-from service.jobs.service import finish_cancelled
+from service.jobs.service import finish_cancelled, renew_leases
 from service.models import Job, utcnow
 from verifier.errors import VerifierError
 
@@ -23,6 +27,33 @@ def _owned(session: Session, job_id: str, lease_owner: str) -> Job | None:
     if job is None or job.status != "running" or job.lease_owner != lease_owner:
         return None
     return job
+
+
+@contextmanager
+def heartbeat(settings: Settings, job_id: str, lease_owner: str) -> Iterator[None]:
+    """Renew the job's lease from the worker itself while the body runs.
+
+    So a lease means "a live worker holds this job": a worker whose supervisor or dispatcher died
+    (an API process killed, a Ray driver restarted) keeps its job and finishes it, and only a dead
+    worker's job expires and is requeued."""
+    stop = threading.Event()
+    make_session = session_factory(settings.resolved_database_url)
+
+    def beat() -> None:
+        while not stop.wait(settings.lease_seconds / 3):
+            try:
+                with make_session() as session:
+                    renew_leases(session, {job_id: lease_owner}, lease_seconds=settings.lease_seconds)
+            except OperationalError as exc:  # the database is away: try again at the next beat
+                log.warning("job %s: lease renewal failed: %s", job_id, exc.orig)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
@@ -40,8 +71,9 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
     try:
         if handler is None:
             raise JobFailed(f"unknown job kind {kind!r}")
-        ctx.progress(0.0, "running", force=True)
-        outcome = ("succeeded", handler.run(ctx))
+        with heartbeat(settings, job_id, lease_owner):
+            ctx.progress(0.0, "running", force=True)
+            outcome = ("succeeded", handler.run(ctx))
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it", job_id)
         return "lease_lost"
