@@ -1,4 +1,5 @@
-"""Content-addressed artifact store on the local disk (SHA-256; no client-supplied names)."""
+"""Content-addressed artifact store (SHA-256; no client-supplied names): on the local disk here, in an
+S3-compatible object store in `service.artifacts_s3`; `make_store` picks one from the settings."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from service.errors import APIError
 
+if TYPE_CHECKING:
+    from service.config import Settings
+
 CHUNK = 1024 * 1024
+
+
+class ArtifactStoreError(RuntimeError):
+    """The artifact store cannot be used (object store unreachable, bucket missing, corrupt object)."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,11 @@ class Staged:
 
 
 class ArtifactStore:
-    """Files named by their SHA-256 under `root/ab/abcdef...`; writes are atomic renames."""
+    """Files named by their SHA-256 under `root/ab/abcdef...`; writes are atomic renames.
+
+    The base of every store: `path(sha256)` is always a local file a caller can read (a store kept
+    elsewhere fetches it into `root` first), and staging always happens in `root/tmp`.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -94,3 +106,18 @@ class ArtifactStore:
     def open(self, sha256: str) -> BinaryIO:
         return open(self.path(sha256), "rb")
 
+
+def make_store(settings: Settings) -> ArtifactStore:
+    """The store `TICKETGUARD_ARTIFACT_URL` names: the local directory by default (and for `file://`), an
+    S3-compatible bucket for `s3://bucket/prefix` (boto3 is imported only then). Raises
+    `ArtifactStoreError` naming the URL when the bucket is missing or its endpoint unreachable."""
+    url = settings.artifact_url
+    if url and url.startswith("s3://"):
+        try:
+            from service.artifacts_s3 import S3ArtifactStore
+        except ImportError as exc:
+            raise ArtifactStoreError(f"TICKETGUARD_ARTIFACT_URL={url} needs boto3 ({exc}): "
+                                     "pip install 'ticketguard[s3]'") from None
+        return S3ArtifactStore(url, cache_dir=settings.resolved_artifact_dir,
+                               endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return ArtifactStore(settings.resolved_artifact_dir)

@@ -101,7 +101,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
     from sqlalchemy import select
 
     from service.app import prepare_database
-    from service.artifacts import ArtifactStore
+    from service.artifacts import make_store
     from service.db import session_factory
     from service.models import Ticket, TicketReference
     from service.verifications.calibration import recalibrate
@@ -109,7 +109,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
 
     settings = get_settings()
     prepare_database(settings)
-    store = ArtifactStore(settings.resolved_artifact_dir)
+    store = make_store(settings)
     with session_factory(settings.resolved_database_url)() as session:
         query = select(Ticket).where(Ticket.status == "registered", Ticket.signature != "qr")
         if tickets:

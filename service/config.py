@@ -10,6 +10,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,7 +24,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".ticketguard"), description="Where the embedded database, "
                            "artifacts and the generated secret live.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in DATA_DIR.")
-    artifact_dir: Path | None = Field(None, description="Artifact store; default: DATA_DIR/artifacts.")
+    artifact_dir: Path | None = Field(None, description="Artifact store; default: DATA_DIR/artifacts. With an "
+                                      "s3:// ARTIFACT_URL: the local read-through cache (default "
+                                      "DATA_DIR/artifact-cache).")
+    artifact_url: str | None = Field(None, description="Where artifacts live: `file:///absolute/path` (the "
+                                     "local store at that path) or `s3://bucket/prefix` (an S3-compatible "
+                                     "object store, `pip install ticketguard[s3]`; credentials from boto3's "
+                                     "standard chain, e.g. AWS_ACCESS_KEY_ID); default: the local ARTIFACT_DIR.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for an s3:// ARTIFACT_URL on MinIO, "
+                                        "Ceph, moto and the like (e.g. `http://minio:9000`); default: AWS.")
+    s3_region: str | None = Field(None, description="Region of the s3:// ARTIFACT_URL's bucket; default: "
+                                  "boto3's (AWS_DEFAULT_REGION).")
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted upload.")
     secret_key: str | None = Field(None, description="Server secret for API-key and payload MACs; "
                                    "generated once into DATA_DIR when unset.")
@@ -75,6 +86,31 @@ class Settings(BaseSettings):
             ipaddress.ip_network(network, strict=False)  # a ValueError names the bad entry
         return value
 
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+                raise ValueError("TICKETGUARD_ARTIFACT_URL: a file URL needs an absolute path, "
+                                 "e.g. file:///srv/ticketguard/artifacts")
+        elif parsed.scheme == "s3":
+            if not parsed.netloc or any(c in parsed.netloc for c in "@:") or parsed.query or parsed.fragment:
+                raise ValueError("TICKETGUARD_ARTIFACT_URL: an s3 URL is s3://bucket or s3://bucket/prefix")
+        else:
+            raise ValueError("TICKETGUARD_ARTIFACT_URL must be file:///absolute/path or s3://bucket/prefix, "
+                             f"not a {parsed.scheme + ':' if parsed.scheme else 'scheme-less'} URL")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint_url(cls, value: str | None) -> str | None:
+        if value and urlparse(value).scheme not in ("http", "https"):
+            raise ValueError("TICKETGUARD_S3_ENDPOINT_URL must be an http:// or https:// URL")
+        return value or None
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -83,7 +119,11 @@ class Settings(BaseSettings):
 
     @property
     def resolved_artifact_dir(self) -> Path:
-        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+        """The local store's directory; with an s3:// ARTIFACT_URL, the local read-through cache."""
+        if self.artifact_url and self.artifact_url.startswith("file:"):
+            return Path(unquote(urlparse(self.artifact_url).path)).resolve()
+        default = "artifact-cache" if self.artifact_url else "artifacts"
+        return (self.artifact_dir or self.data_dir / default).resolve()
 
     @property
     def is_embedded(self) -> bool:
@@ -142,6 +182,13 @@ class Settings(BaseSettings):
         })
         if self.secret_key:
             env["TICKETGUARD_SECRET_KEY"] = self.secret_key
+        for variable, value in (("TICKETGUARD_ARTIFACT_URL", self.artifact_url),
+                                ("TICKETGUARD_S3_ENDPOINT_URL", self.s3_endpoint_url),
+                                ("TICKETGUARD_S3_REGION", self.s3_region)):
+            if value:
+                env[variable] = value
+            else:  # not inherited from our own environment when these settings were built without it
+                env.pop(variable, None)
         # a worker's share of the cores for torch and BLAS, unless the operator chose: with every worker
         # spinning up a thread per core, concurrent jobs oversubscribe the machine and small matrix
         # products (channel alignment) slow down by an order of magnitude

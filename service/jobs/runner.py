@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from service.artifacts import ArtifactStore
+from service.artifacts import make_store
 from service.config import Settings
 from service.db import session_factory
 from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
@@ -66,7 +66,7 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
         kind, params = job.kind, dict(job.params)
     handler = HANDLERS.get(kind)
     ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
-                     store=ArtifactStore(settings.resolved_artifact_dir))
+                     store=make_store(settings))
     outcome: tuple[str, object]
     try:
         if handler is None:
