@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.artifacts import make_store
+from service.artifacts import ArtifactStoreError, make_store
 from service.attacks.endpoints import router as attacks_router
 from service.audit.endpoints import router as audit_router
 from service.config import Settings, get_settings
@@ -128,7 +128,10 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                   description="Proves who owns a lottery ticket (a sparse subnetwork).")
     app.state.settings = settings
     app.state.sessionmaker = session_factory(settings.resolved_database_url)
-    app.state.store = make_store(settings)
+    try:
+        app.state.store = make_store(settings)
+    except ArtifactStoreError as exc:  # a missing bucket or unreachable endpoint: one line, like the database's
+        raise SystemExit(str(exc)) from None
     app.state.executor = executor
     install_error_handlers(app)
     app.add_middleware(RequestGate, max_upload_bytes=settings.max_upload_bytes)

@@ -50,32 +50,46 @@ def reporting_client_errors() -> Iterator[None]:
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          workers: Annotated[int, typer.Option(min=1, max=64, help="API processes (uvicorn workers). More than "
+                                               "one needs TICKETGUARD_EXECUTOR=external, with jobs run by "
+                                               "`ticketguard supervise` (local processes or Ray).")] = 1) -> None:
     """Run the API (and, with the default local executor, the job supervisor)."""
     import uvicorn
 
-    from service.app import create_app
+    from service.app import create_app, prepare_database
 
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="info")
+    settings = get_settings()
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    if settings.executor != "external":
+        console.print(f"[red]--workers {workers} needs TICKETGUARD_EXECUTOR=external[/red]: every API process "
+                      f"would run its own {settings.executor} supervisor; run jobs with `ticketguard supervise`")
+        raise typer.Exit(2)
+    prepare_database(settings)  # once, before the processes start
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 
 @app.command()
 def supervise() -> None:
-    """Run only the job supervisor (for TICKETGUARD_EXECUTOR=external API processes)."""
+    """Run only the job supervisor (for TICKETGUARD_EXECUTOR=external API processes): local worker
+    processes, or with TICKETGUARD_EXECUTOR=ray the dispatcher onto the Ray cluster at RAY_ADDRESS."""
     import signal
     import threading
 
     from service.app import prepare_database
-    from service.jobs.executors import LocalSupervisor
+    from service.jobs.executors import make_supervisor
 
     settings = get_settings()
     prepare_database(settings)
-    supervisor = LocalSupervisor(settings)
+    supervisor = make_supervisor(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     supervisor.start()
-    console.print(f"supervisor {supervisor.identity} running {settings.workers} worker(s)")
+    console.print(f"supervisor {supervisor.identity} running {settings.workers} worker(s)"
+                  + (" on Ray" if settings.executor == "ray" else ""))
     stop.wait()
     supervisor.stop()
 

@@ -185,3 +185,40 @@ def test_worker_processes_share_the_cores_unless_the_operator_chose(monkeypatch,
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == share
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert Settings(data_dir=tmp_path, workers=2, secret_key="s").child_environment()["OMP_NUM_THREADS"] == "7"
+
+
+def test_several_api_processes_need_an_external_executor(embedded_env):
+    result = CliRunner().invoke(cli_app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2 and "TICKETGUARD_EXECUTOR=external" in result.output
+
+
+def test_several_api_processes_serve_one_database(tmp_path):
+    """`serve --workers 2` runs two uvicorn worker processes from the app factory (the compose file's api)."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = os.environ | {"TICKETGUARD_DATA_DIR": str(tmp_path), "TICKETGUARD_EXECUTOR": "external",
+                        "TICKETGUARD_SECRET_KEY": "s"}
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/me", headers={"Authorization": "Bearer tg_nope"})
+        assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+        pids = {int(p) for p in subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True,
+                                                text=True).stdout.split()}
+        assert len(pids) >= 3  # the uvicorn supervisor and its two worker processes
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

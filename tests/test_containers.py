@@ -33,30 +33,70 @@ def _cli_commands() -> set[str]:
 def test_compose_services_commands_ports_and_volumes():
     compose = _compose()
     services = compose["services"]
-    assert {"api", "worker", "postgres", "migrate"} <= set(services)
-    api, worker, postgres, migrate = (services[name] for name in ("api", "worker", "postgres", "migrate"))
+    assert {"api", "dispatcher", "postgres", "migrate", "minio", "bucket", "ray-head", "ray-cpu-worker",
+            "ray-gpu-worker"} <= set(services)
+    api, dispatcher, postgres, migrate = (services[name] for name in ("api", "dispatcher", "postgres", "migrate"))
     assert api["command"][:2] == ["ticketguard", "serve"] and "8000:8000" in api["ports"]
-    assert worker["command"] == ["ticketguard", "supervise"]
+    assert int(api["command"][api["command"].index("--workers") + 1]) > 1
+    assert dispatcher["command"] == ["ticketguard", "supervise"]
     assert migrate["command"] == ["ticketguard", "migrate"]
     assert api["environment"]["TICKETGUARD_EXECUTOR"] == "external"
-    assert worker["environment"]["TICKETGUARD_EXECUTOR"] == "local"
-    for service in (api, worker, migrate):
-        assert "artifacts:/data" in service["volumes"]
-        url = service["environment"]["TICKETGUARD_DATABASE_URL"]
-        assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url
-        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for service in (api, worker):
-        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert dispatcher["environment"]["TICKETGUARD_EXECUTOR"] == "ray"
+    assert dispatcher["environment"]["TICKETGUARD_RAY_ADDRESS"] == "ray-head:6379"
+    for name, service in services.items():
+        if not service.get("image", "").startswith("ticketguard:"):
+            continue
+        environment = service["environment"]
+        url = environment["TICKETGUARD_DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url, name
+        assert environment["TICKETGUARD_ARTIFACT_URL"].startswith("s3://"), name
+        assert environment["TICKETGUARD_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(environment), name
+        assert "cache:/data" in service["volumes"], name
+    for name in ("api", "migrate"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("api", "dispatcher", "ray-cpu-worker", "ray-gpu-worker"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+        assert services[name]["depends_on"]["bucket"]["condition"] == "service_completed_successfully", name
+    for name in ("dispatcher", "ray-cpu-worker", "ray-gpu-worker"):
+        assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy", name
     assert any(v.startswith("pgdata:") for v in postgres["volumes"])
+    assert any(v.startswith("objects:") for v in services["minio"]["volumes"])
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
-    assert set(compose["volumes"]) == {"pgdata", "artifacts"}
+    assert "health-check" in services["ray-head"]["healthcheck"]["test"]
+    assert set(compose["volumes"]) == {"pgdata", "objects", "cache"}
 
 
-def test_services_without_an_http_server_disable_the_image_healthcheck():
+def test_compose_ray_cluster_shape():
     services = _compose()["services"]
-    for name in ("worker", "migrate"):
-        assert services[name]["healthcheck"] == {"disable": True}, name
+    head = services["ray-head"]["command"]
+    assert head[:3] == ["ray", "start", "--head"] and "--port=6379" in head and "--block" in head
+    assert "--num-cpus=0" in head and "--num-gpus=0" in head  # the head schedules, runs no job
+    for name in ("ray-cpu-worker", "ray-gpu-worker"):
+        command = services[name]["command"]
+        assert command[:2] == ["ray", "start"] and "--address=ray-head:6379" in command and "--block" in command
+    assert "--num-gpus=0" in services["ray-cpu-worker"]["command"]
+    gpu = services["ray-gpu-worker"]
+    assert gpu["profiles"] == ["gpu"] and gpu["image"] == "ticketguard:cuda"
+    assert gpu["build"]["args"]["BASE_IMAGE"].startswith("nvidia/cuda:")
+    assert "/whl/cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    for name, service in services.items():  # every image that runs Ray or talks to S3 has the extras
+        if service.get("image", "").startswith("ticketguard:"):
+            assert set(service["build"]["args"]["EXTRAS"].split(",")) == {"ray", "s3"}, name
+
+
+def test_compose_settings_are_real_settings():
+    from service.config import Settings
+
+    fields = {f"TICKETGUARD_{name.upper()}" for name in Settings.model_fields}
+    for name, service in _compose()["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("TICKETGUARD_"):
+                assert variable in fields, (name, variable)
+    assert Settings(executor="ray", ray_address="ray-head:6379").executor == "ray"
 
 
 def test_compose_variables_have_a_default_or_an_error():
@@ -67,8 +107,9 @@ def test_compose_variables_have_a_default_or_an_error():
 
 def test_compose_commands_exist_in_cli():
     services = _compose()["services"]
-    commands = {service["command"][1] for service in services.values() if "command" in service}
-    assert commands <= _cli_commands()
+    commands = {service["command"][1] for service in services.values()
+                if service.get("command", [None])[0] == "ticketguard"}
+    assert {"serve", "supervise", "migrate"} <= commands <= _cli_commands()
 
 
 def test_dockerfile_base_user_port_healthcheck_and_command():
@@ -92,3 +133,7 @@ def test_dockerfile_base_user_port_healthcheck_and_command():
     copies = " ".join(value for kind, value in instructions if kind == "COPY")
     assert ".ticketguard" not in copies
     assert ".ticketguard" in (ROOT / ".dockerignore").read_text()
+    package_install = next(value for kind, value in instructions
+                           if kind == "RUN" and "pip install \".${EXTRAS" in value)
+    assert "${EXTRAS:+[$EXTRAS]}" in package_install  # the optional extras (ray, s3) the compose file asks for
+    assert args.get("EXTRAS", "") == '""'  # the default image carries neither Ray nor boto3

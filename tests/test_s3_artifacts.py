@@ -171,6 +171,9 @@ def test_missing_bucket_and_unreachable_endpoint_are_clear_errors(s3_endpoint, t
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(ArtifactStoreError, match=r"s3://no-such-bucket/p at http://127\.0\.0\.1:\d+.*connect"):
         make_store(settings.model_copy(update={"s3_endpoint_url": closed}))
+    # the service refuses to start on it with that one line, as it does for an unreachable database
+    with pytest.raises(SystemExit, match=r"s3://no-such-bucket/p.*does not exist"):
+        create_app(settings.model_copy(update={"secret_key": "s"}))
 
 
 def test_file_url_uses_the_local_store(tmp_path):

@@ -1,4 +1,4 @@
-"""Executors: inline (in the API process, for tests), local (one subprocess per job), external."""
+"""Executors: inline (in the API process, for tests), local (one subprocess per job), ray, external."""
 
 from __future__ import annotations
 
@@ -63,29 +63,42 @@ class InlineExecutor(ExternalExecutor):
         execute_job(self.settings, job_id, token)
 
 
+class WorkerHandle(Protocol):
+    """A worker running one job: a local process or a Ray actor."""
+
+    pid: int | None
+
+    def poll(self) -> str | None:
+        """None while the worker runs; once it ended, how (for the job's message)."""
+
+    def kill(self) -> None:
+        """Stop the worker now (its job's outcome is the caller's to write)."""
+
+
 @dataclass
 class _Running:
-    process: subprocess.Popen
+    handle: WorkerHandle
     token: str
 
 
-class LocalSupervisor:
-    """Claims queued jobs and runs each in a fresh `python -m service.jobs.run` process group.
+class Supervisor:
+    """Claims queued jobs and hands each to a worker; what a worker is, subclasses say (`_spawn`).
 
-    It renews the leases of its jobs, kills a job's process group when the job is cancelled,
-    requeues a job whose worker died (up to `max_attempts`), and at every tick requeues jobs
-    whose lease expired because another supervisor died.
+    It renews the leases of its jobs (the workers renew them too), kills a job's worker when the job
+    is cancelled, requeues a job whose worker died (up to `max_attempts`), and at every tick requeues
+    jobs whose lease expired because their worker died unseen.
     """
+
+    lease_prefix = ""
 
     def __init__(self, settings: Settings, *, poll_interval: float = 0.5) -> None:
         self.settings, self.poll_interval = settings, poll_interval
-        self.identity = new_lease_owner()
+        self.identity = self.lease_prefix + new_lease_owner()
         self.running: dict[str, _Running] = {}
         self._make_session = session_factory(settings.resolved_database_url)
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._last_renew = 0.0
-        self._log_dir = settings.data_dir / "logs"
 
     def submit(self, job_id: str) -> None:
         self._wake.set()
@@ -94,19 +107,21 @@ class LocalSupervisor:
         self._wake.set()
 
     def start(self) -> None:
-        self._log_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self.run_forever, name="ticketguard-supervisor", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop claiming; kill running workers and hand their jobs back to the queue."""
+    def _join(self) -> None:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    def stop(self) -> None:
+        """Stop claiming; kill running workers and hand their jobs back to the queue."""
+        self._join()
         with self._make_session() as session:
             for job_id, running in list(self.running.items()):
-                _kill(running.process)
+                running.handle.kill()
                 job = session.get(Job, job_id, populate_existing=True)
                 if job is not None and job.status == "running" and job.lease_owner == running.token:
                     job.attempts = max(0, job.attempts - 1)  # a shutdown is not the job's fault
@@ -139,14 +154,14 @@ class LocalSupervisor:
 
     def _reap(self, session) -> None:
         for job_id, running in list(self.running.items()):
-            code = running.process.poll()
-            if code is None:
+            ended = running.handle.poll()
+            if ended is None:
                 continue
             del self.running[job_id]
             job = session.get(Job, job_id, populate_existing=True)
             if job is not None and job.status == "running" and job.lease_owner == running.token:
-                status = requeue_or_fail(session, job, f"worker exited with code {code} before finishing")
-                log.warning("job %s: worker died (code %s); now %s", job_id, code, status)
+                status = requeue_or_fail(session, job, f"{ended} before finishing")
+                log.warning("job %s: worker died (%s); now %s", job_id, ended, status)
 
     def _cancel(self, session) -> None:
         if not self.running:
@@ -155,7 +170,7 @@ class LocalSupervisor:
                                .execution_options(populate_existing=True)).scalars().all()
         for job in jobs:
             running = self.running.pop(job.id)
-            _kill(running.process)
+            running.handle.kill()
             if job.status == "running" and job.lease_owner == running.token:
                 finish_cancelled(session, job)
             session.commit()
@@ -171,27 +186,74 @@ class LocalSupervisor:
             token = f"{self.identity}/{uuid.uuid4().hex[:8]}"
             if not claim(session, job_id, lease_owner=token, lease_seconds=self.settings.lease_seconds):
                 continue
-            env = self.settings.child_environment() | {"TICKETGUARD_LEASE_OWNER": token}
-            with open(self._log_dir / f"job-{job_id}.log", "ab") as log_file:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "service.jobs.run", job_id], env=env, stdout=log_file,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            self.running[job_id] = _Running(process, token)
             job = session.get(Job, job_id, populate_existing=True)
-            job.worker_pid = process.pid
+            try:
+                handle = self._spawn(job, token)
+            except Exception as exc:  # the worker could not be started: the job's attempt is spent
+                log.exception("job %s: worker did not start", job_id)
+                requeue_or_fail(session, job, f"worker did not start ({type(exc).__name__}: {exc})")
+                continue
+            self.running[job_id] = _Running(handle, token)
+            if handle.pid is not None:
+                job.worker_pid = handle.pid
             session.commit()
-            log.info("job %s (%s) started in process %s", job_id, job.kind, process.pid)
+            log.info("job %s (%s) started (%s)", job_id, job.kind, handle)
+
+    def _spawn(self, job: Job, token: str) -> WorkerHandle:
+        raise NotImplementedError
 
 
-def _kill(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+class _Process:
+    """A local worker process (its own process group)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process, self.pid = process, process.pid
+
+    def poll(self) -> str | None:
+        code = self.process.poll()
+        return None if code is None else f"worker exited with code {code}"
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def __repr__(self) -> str:
+        return f"process {self.pid}"
+
+
+class LocalSupervisor(Supervisor):
+    """Runs each job in a fresh `python -m service.jobs.run` process group on this machine."""
+
+    def __init__(self, settings: Settings, *, poll_interval: float = 0.5) -> None:
+        super().__init__(settings, poll_interval=poll_interval)
+        self._log_dir = settings.data_dir / "logs"
+
+    def start(self) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        super().start()
+
+    def _spawn(self, job: Job, token: str) -> WorkerHandle:
+        env = self.settings.child_environment() | {"TICKETGUARD_LEASE_OWNER": token}
+        with open(self._log_dir / f"job-{job.id}.log", "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.jobs.run", job.id], env=env, stdout=log_file,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return _Process(process)
+
+
+def make_supervisor(settings: Settings) -> Supervisor:
+    """The supervisor a `ticketguard supervise` process runs: Ray's dispatcher or local processes."""
+    if settings.executor == "ray":
+        from service.jobs.ray_executor import RayDispatcher  # Ray is an optional extra
+
+        return RayDispatcher(settings)
+    return LocalSupervisor(settings)
 
 
 def make_executor(settings: Settings) -> Executor:
     if settings.executor == "inline":
         return InlineExecutor(settings)
-    if settings.executor == "local":
-        return LocalSupervisor(settings)
+    if settings.executor in ("local", "ray"):
+        return make_supervisor(settings)
     return ExternalExecutor()

@@ -1,4 +1,4 @@
-"""Worker entry point: `python -m service.jobs.run <job_id>` (started by a supervisor)."""
+"""Worker entry point: `python -m service.jobs.run <job_id>` (started by a supervisor), or `run_job` (Ray)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from service.config import Settings
 from service.jobs.runner import execute_job
 
 
+def run_job(job_id: str, lease_owner: str) -> str:
+    """Run one claimed job with the settings of this process's environment; returns its status."""
+    return execute_job(Settings(), job_id, lease_owner)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m service.jobs.run <job_id>", file=sys.stderr)
@@ -19,7 +24,7 @@ def main(argv: list[str]) -> int:
     if not lease_owner:
         print("TICKETGUARD_LEASE_OWNER is not set; workers are started by a supervisor", file=sys.stderr)
         return 2
-    status = execute_job(Settings(), argv[0], lease_owner)
+    status = run_job(argv[0], lease_owner)
     return 0 if status in ("succeeded", "failed", "cancelled") else 3
 
 

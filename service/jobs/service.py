@@ -43,6 +43,13 @@ def claim(session: Session, job_id: str, *, lease_owner: str, lease_seconds: flo
     return result.rowcount == 1
 
 
+def record_worker_pid(session: Session, job_id: str, lease_owner: str, pid: int) -> None:
+    """A worker that was not started as a local process (a Ray actor) says which process it is. Commits."""
+    session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == lease_owner,
+                                      Job.status == "running").values(worker_pid=pid))
+    session.commit()
+
+
 def renew_leases(session: Session, leases: dict[str, str], *, lease_seconds: float) -> None:
     """Extend the leases we hold ({job_id: lease token}). Commits."""
     expires = utcnow() + timedelta(seconds=lease_seconds)

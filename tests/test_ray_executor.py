@@ -1,0 +1,283 @@
+"""The Ray executor on a local Ray instance the tests start (CPU only), against PostgreSQL.
+
+Ray runs its own processes: the test starts a head with `ray start --head` (as an operator would
+start a cluster) and the service connects to it by address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.app import create_app
+from service.config import Settings
+from service.db import session_factory
+from service.jobs.ray_executor import RayDispatcher, RemoteJobActor, job_resources, wants_gpu
+from service.models import AuditEvent, Job
+from tests.helpers import register, upload
+
+ray = pytest.importorskip("ray")  # a dev dependency: installed by the README's test command
+
+TIMEOUT = 300
+ON_POSTGRES = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # the production shape
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A Ray head on loopback with 2 CPUs and no GPU, stopped after the module."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="tgray")  # short: Ray's socket paths must fit in 107 bytes
+    port = _free_port()
+    # the nodes' own environment, as a worker machine's would be: S3 credentials (moto takes any)
+    env = os.environ | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp_dir}"], check=True, capture_output=True, timeout=120, env=env)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_settings(settings: Settings, ray_address: str) -> Iterator[Settings]:
+    ray_settings = settings.model_copy(update={"executor": "ray", "ray_address": ray_address, "lease_seconds": 3.0,
+                                               "workers": 2, "ray_namespace": "tg-test"})
+    yield ray_settings
+    # a job actor still alive (its job was running when the test ended) would hold a CPU of the next test
+    if not ray.is_initialized():
+        ray.init(address=ray_address, namespace=ray_settings.ray_namespace, log_to_driver=False)
+    for name in ray.util.list_named_actors():
+        ray.kill(ray.get_actor(name))
+    ray.shutdown()
+
+
+def _job(settings: Settings, job_id: str) -> Job:
+    with session_factory(settings.resolved_database_url)() as session:
+        return session.get(Job, job_id)
+
+
+def _wait_for(predicate, what: str):
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _events(settings: Settings, action: str) -> int:
+    with session_factory(settings.resolved_database_url)() as session:
+        return session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == action))
+
+
+def _qr_registration(client: TestClient, headers: dict, path: Path) -> dict:
+    """A registration that trains (QR recovery fine-tune): long enough to kill or cancel midway."""
+    response = register(client, headers, path, signature="qr", recovery_epochs="30")
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+@ON_POSTGRES
+def test_jobs_run_as_ray_actors_and_give_the_right_verdicts(ray_settings, alice, model_files):
+    with TestClient(create_app(ray_settings)) as client:
+        response = register(client, alice.headers, model_files.ticket)
+        job_id = response.json()["job_id"]
+        _wait_for(lambda: _job(ray_settings, job_id).status == "succeeded", "the registration")
+        ticket_id = response.json()["id"]
+        verdicts = {}
+        for name, path in (("stolen", model_files.stolen), ("independent", model_files.independent)):
+            submitted = upload(client, "/v1/verifications", path, alice.headers, ticket_id=ticket_id).json()
+            _wait_for(lambda s=submitted: _job(ray_settings, s["job_id"]).status in ("succeeded", "failed"),
+                      f"the {name} verification")
+            verdicts[name] = client.get(f"/v1/verifications/{submitted['id']}", headers=alice.headers).json()
+    assert verdicts["stolen"]["verdict"] == "match"
+    assert verdicts["independent"]["verdict"] == "no_match"
+    job = _job(ray_settings, job_id)
+    assert job.attempts == 1 and job.worker_pid not in (None, os.getpid())
+    assert job.lease_owner is None  # released when it finished
+
+
+@ON_POSTGRES
+def test_ray_workers_read_and_write_artifacts_in_s3(ray_settings, alice, model_files, monkeypatch, tmp_path):
+    """The cluster shape: jobs on Ray, artifacts in an S3 bucket (moto's server on loopback)."""
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    for variable, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_CONFIG_FILE", str(tmp_path / "none"))):
+        monkeypatch.setenv(variable, value)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+        s3.create_bucket(Bucket="tickets")
+        settings = ray_settings.model_copy(update={"artifact_url": "s3://tickets/tg",
+                                                   "s3_endpoint_url": f"http://{host}:{port}"})
+        with TestClient(create_app(settings)) as client:
+            submitted = register(client, alice.headers, model_files.ticket).json()
+            _wait_for(lambda: _job(settings, submitted["job_id"]).status == "succeeded", "the registration")
+            shutil.rmtree(settings.resolved_artifact_dir)  # the verification must fetch from the bucket
+            verification = upload(client, "/v1/verifications", model_files.stolen, alice.headers,
+                                  ticket_id=submitted["id"]).json()
+            _wait_for(lambda: _job(settings, verification["job_id"]).status == "succeeded", "the verification")
+            result = client.get(f"/v1/verifications/{verification['id']}", headers=alice.headers).json()
+            ticket_sha = client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["model_sha256"]
+        assert result["verdict"] == "match"
+        stored = {item["Key"] for item in s3.list_objects_v2(Bucket="tickets")["Contents"]}
+        assert f"tg/{ticket_sha[:2]}/{ticket_sha}" in stored  # written by the Ray worker
+    finally:
+        server.stop()
+
+
+@ON_POSTGRES
+def test_a_killed_ray_worker_is_retried_and_the_job_completes(ray_settings, alice, model_files):
+    with TestClient(create_app(ray_settings)) as client:
+        job_id = _qr_registration(client, alice.headers, model_files.ticket)["job_id"]
+        pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
+        assert _job(ray_settings, job_id).lease_owner.startswith("ray:")
+        os.kill(pid, signal.SIGKILL)
+        job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+    assert job.attempts == 2 and job.worker_pid != pid
+    assert _events(ray_settings, "ticket.registered") == 1
+
+
+@ON_POSTGRES
+def test_a_job_whose_ray_worker_keeps_dying_fails_after_the_retry_limit(ray_settings, alice, model_files):
+    settings = ray_settings.model_copy(update={"max_attempts": 1})
+    with TestClient(create_app(settings)) as client:
+        submitted = _qr_registration(client, alice.headers, model_files.ticket)
+        os.kill(_wait_for(lambda: _job(settings, submitted["job_id"]).worker_pid, "a worker"), signal.SIGKILL)
+        job = _wait_for(lambda: (j := _job(settings, submitted["job_id"])).status == "failed" and j, "failure")
+        assert "ray worker died" in job.error and "gave up after 1 attempts" in job.error
+        assert client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["status"] == "failed"
+
+
+@ON_POSTGRES
+def test_cancel_kills_the_ray_actor(ray_settings, alice, model_files):
+    with TestClient(create_app(ray_settings)) as client:
+        submitted = _qr_registration(client, alice.headers, model_files.ticket)
+        pid = _wait_for(lambda: _job(ray_settings, submitted["job_id"]).worker_pid, "the job's Ray worker")
+        cancelled = client.post(f"/v1/jobs/{submitted['job_id']}/cancel", headers=alice.headers)
+        assert cancelled.status_code == 200
+        _wait_for(lambda: _job(ray_settings, submitted["job_id"]).status == "cancelled", "cancellation")
+        _wait_for(lambda: not _alive(pid), "the actor's process to be gone")
+        assert client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["status"] == "cancelled"
+
+
+@ON_POSTGRES
+def test_a_resubmitted_job_runs_once(ray_settings, alice, model_files):
+    """The job id is the idempotency key: the same job submitted twice reaches one actor, run once."""
+    external = ray_settings.model_copy(update={"executor": "external"})
+    with TestClient(create_app(external)) as client:
+        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+    dispatcher = RayDispatcher(ray_settings)
+    ray.init(address=ray_settings.ray_address, namespace=ray_settings.ray_namespace, log_to_driver=False)
+    with session_factory(ray_settings.resolved_database_url)() as session:
+        from service.jobs.service import claim
+
+        token = f"{dispatcher.identity}/once"
+        assert claim(session, job_id, lease_owner=token, lease_seconds=30)
+        job = session.get(Job, job_id)
+        first, second = dispatcher._spawn(job, token), dispatcher._spawn(job, token)
+    outcomes = ray.get([first.ref, second.ref], timeout=TIMEOUT)
+    assert outcomes == ["succeeded", "succeeded"]
+    assert ray.get(first.actor.outcome.remote()) == "succeeded"
+    first.kill()
+    job = _job(ray_settings, job_id)
+    assert job.status == "succeeded" and job.attempts == 1
+    assert _events(ray_settings, "ticket.registered") == 1
+
+
+@ON_POSTGRES
+def test_a_restarted_dispatcher_adopts_running_actors_and_kills_stale_ones(ray_settings, alice, model_files):
+    external = ray_settings.model_copy(update={"executor": "external"})
+    with TestClient(create_app(external)) as client:
+        # a ticket search of ~600 epochs: it outlives the dispatcher's absence by several seconds
+        job_id = client.post("/v1/tickets/find", headers=alice.headers, json={
+            "arch": "lenet300_100", "dataset": "digits", "seed": 3,
+            "hyperparameters": {"rounds": 6, "rate": 0.5, "train": {"epochs": 100}}}).json()["job_id"]
+        done_id = register(client, alice.headers, model_files.independent, name="other").json()["job_id"]
+    first = RayDispatcher(ray_settings.model_copy(update={"workers": 1}), poll_interval=0.1)
+    first.start()
+    _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
+    first.stop()  # the dispatcher goes away; the actor keeps its job and its lease
+    pid, token = _job(ray_settings, job_id).worker_pid, _job(ray_settings, job_id).lease_owner
+    time.sleep(1.5 * ray_settings.lease_seconds)  # longer than a lease: only the worker's heartbeat keeps it
+    assert _job(ray_settings, job_id).status == "running" and _alive(pid)
+    # an actor left behind by a job that already finished (its dispatcher died before killing it)
+    stale = RemoteJobActor.options(name=f"job-{done_id}", lifetime="detached", num_cpus=0).remote()
+    assert ray.get(stale.outcome.remote()) is None
+    with session_factory(ray_settings.resolved_database_url)() as session:
+        session.get(Job, done_id).status = "succeeded"
+        session.commit()
+    second = RayDispatcher(ray_settings, poll_interval=0.1)
+    second.start()
+    try:
+        assert job_id in second.running
+        job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+    finally:
+        second.stop()
+    assert job.attempts == 1 and job.worker_pid == pid and token.startswith("ray:")
+    _wait_for(lambda: f"job-{done_id}" not in ray.util.list_named_actors(), "the stale actor to be killed")
+
+
+def test_resources_follow_the_job_kind_and_fall_back_to_cpus():
+    settings = Settings(ray_gpus_per_job=0.5, ray_cpus_per_job=2, ray_gpu_verify_bytes=1000)
+    trains = {"signature": {"kind": "qr", "recovery_epochs": 2}, "triggers": {"enabled": False}}
+    plain = {"signature": {"kind": "fingerprint", "recovery_epochs": 2}, "triggers": {"enabled": False}}
+    assert wants_gpu("find_ticket", {}, suspect_bytes=None, min_verify_bytes=1000)
+    assert wants_gpu("attack", {}, suspect_bytes=None, min_verify_bytes=1000)
+    assert wants_gpu("register_ticket", trains, suspect_bytes=None, min_verify_bytes=1000)
+    assert not wants_gpu("register_ticket", plain, suspect_bytes=None, min_verify_bytes=1000)
+    assert wants_gpu("register_ticket", plain | {"triggers": {"enabled": True}}, suspect_bytes=None,
+                     min_verify_bytes=1000)
+    assert wants_gpu("verify", {"mode": "white_box"}, suspect_bytes=5000, min_verify_bytes=1000)
+    assert not wants_gpu("verify", {"mode": "white_box"}, suspect_bytes=10, min_verify_bytes=1000)
+    assert not wants_gpu("verify", {"mode": "black_box"}, suspect_bytes=5000, min_verify_bytes=1000)
+    assert wants_gpu("verify", {"mode": "white_box", "key_check": {"x": 1}}, suspect_bytes=10, min_verify_bytes=1000)
+    on_gpus = job_resources(settings, "find_ticket", {}, suspect_bytes=None, cluster_gpus=8)
+    assert (on_gpus.num_cpus, on_gpus.num_gpus) == (2, 0.5)
+    assert job_resources(settings, "find_ticket", {}, suspect_bytes=None, cluster_gpus=0).num_gpus == 0
+    assert job_resources(settings, "verify", {"mode": "black_box"}, suspect_bytes=None, cluster_gpus=8).num_gpus == 0
+    cpu_only = settings.model_copy(update={"ray_gpus_per_job": 0})
+    assert job_resources(cpu_only, "attack", {}, suspect_bytes=None, cluster_gpus=8).num_gpus == 0
+
+
+def test_the_embedded_default_does_not_import_ray(tmp_path):
+    code = ("import sys; from service.config import Settings; from service.app import create_app; "
+            f"create_app(Settings(data_dir={str(tmp_path)!r}, secret_key='s')); "
+            "sys.exit(1 if 'ray' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+
