@@ -53,7 +53,9 @@ class ArtifactStore:
         return self.path(sha256).is_file()
 
     def temp_path(self) -> Path:
-        """A fresh temporary file inside the store (same filesystem, so `adopt` is a rename)."""
+        """A fresh temporary file inside the store (same filesystem, so `adopt` is a rename). The folder is
+        made again if it went away (an S3 store's cache may be cleared while the service runs)."""
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.root / "tmp")
         os.close(fd)
         return Path(name)

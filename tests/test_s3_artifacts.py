@@ -116,6 +116,16 @@ def test_round_trip_through_a_fresh_cache(bucket, s3_endpoint, tmp_path):
     assert list((tmp_path / "reader" / "tmp").iterdir()) == []
 
 
+def test_a_cleared_cache_is_rebuilt_while_the_store_is_in_use(bucket, s3_endpoint, tmp_path):
+    import shutil
+
+    store = s3_store(f"s3://{bucket}/p", s3_endpoint, tmp_path / "cache")
+    first, _ = store.put_bytes(b"first")
+    shutil.rmtree(tmp_path / "cache")  # an operator clears the cache of a running service
+    second, _ = store.put_bytes(b"second")
+    assert store.path(first).read_bytes() == b"first" and store.path(second).read_bytes() == b"second"
+
+
 def test_missing_artifact_is_a_missing_file(bucket, s3_endpoint, tmp_path):
     store = s3_store(f"s3://{bucket}", s3_endpoint, tmp_path / "cache")
     missing = "ab" * 32
