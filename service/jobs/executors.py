@@ -32,6 +32,8 @@ from service.models import Job
 
 log = logging.getLogger("ticketguard.supervisor")
 
+SPAWN_BACKOFF_SECONDS = 5.0
+
 
 class Executor(Protocol):
     def submit(self, job_id: str) -> None: ...
@@ -99,6 +101,7 @@ class Supervisor:
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._last_renew = 0.0
+        self._launch_paused_until = 0.0
 
     def submit(self, job_id: str) -> None:
         self._wake.set()
@@ -178,7 +181,7 @@ class Supervisor:
 
     def _launch(self, session) -> None:
         free = self.settings.workers - len(self.running)
-        if free <= 0:
+        if free <= 0 or time.monotonic() < self._launch_paused_until:
             return
         queued = session.execute(select(Job.id).where(Job.status == "queued")
                                  .order_by(Job.created_at).limit(free)).scalars().all()
@@ -189,10 +192,14 @@ class Supervisor:
             job = session.get(Job, job_id, populate_existing=True)
             try:
                 handle = self._spawn(job, token)
-            except Exception as exc:  # the worker could not be started: the job's attempt is spent
-                log.exception("job %s: worker did not start", job_id)
-                requeue_or_fail(session, job, f"worker did not start ({type(exc).__name__}: {exc})")
-                continue
+            except Exception as exc:  # no worker could be started (Ray unreachable, no processes left):
+                # not the job's fault, so its attempt is given back; launching pauses for a while
+                log.warning("job %s: no worker could be started (%s: %s); retrying in %s s", job_id,
+                            type(exc).__name__, exc, SPAWN_BACKOFF_SECONDS)
+                job.attempts = max(0, job.attempts - 1)
+                requeue_or_fail(session, job, f"no worker could be started ({type(exc).__name__})")
+                self._launch_paused_until = time.monotonic() + SPAWN_BACKOFF_SECONDS
+                return
             self.running[job_id] = _Running(handle, token)
             if handle.pid is not None:
                 job.worker_pid = handle.pid
@@ -229,12 +236,9 @@ class LocalSupervisor(Supervisor):
         super().__init__(settings, poll_interval=poll_interval)
         self._log_dir = settings.data_dir / "logs"
 
-    def start(self) -> None:
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        super().start()
-
     def _spawn(self, job: Job, token: str) -> WorkerHandle:
         env = self.settings.child_environment() | {"TICKETGUARD_LEASE_OWNER": token}
+        self._log_dir.mkdir(parents=True, exist_ok=True)
         with open(self._log_dir / f"job-{job.id}.log", "ab") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service.jobs.run", job.id], env=env, stdout=log_file,
