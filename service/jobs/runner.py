@@ -79,6 +79,10 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
         return "lease_lost"
     except JobCancelled:
         outcome = ("cancelled", None)
+    except OperationalError as exc:  # the database went away mid-job: not the job's fault, and nothing
+        # can be written now; the supervisor sees this worker end with the job still ours and requeues it
+        log.warning("job %s: database unavailable (%s); leaving it to be retried", job_id, exc.orig)
+        return "database_unavailable"
     except (JobFailed, VerifierError) as exc:
         outcome = ("failed", str(exc))
     except Exception as exc:  # a bug: keep the worker's traceback in its log, a summary on the job
