@@ -6,6 +6,7 @@ start a cluster) and the service connects to it by address.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,35 +42,54 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class RayHead:
+    """A Ray head on loopback with 2 CPUs and no GPU, as an operator starts one (`ray start --head`)."""
+
+    port: int
+    temp_dir: str  # short: Ray's socket paths must fit in 107 bytes
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # the node's own environment, as a worker machine's would be: S3 credentials (moto takes any)
+        env = os.environ | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1"}
+        subprocess.run([RAY_CLI, "start", "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                        f"--temp-dir={self.temp_dir}"], check=True, capture_output=True, timeout=120, env=env)
+
+    def crash(self) -> None:
+        """Every process of this Ray instance killed at once, as when its machine goes down."""
+        subprocess.run(["pkill", "-9", "-f", self.temp_dir], capture_output=True, timeout=30)
+
+
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+
+
 @pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A Ray head on loopback with 2 CPUs and no GPU, stopped after the module."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    temp_dir = tempfile.mkdtemp(prefix="tgray")  # short: Ray's socket paths must fit in 107 bytes
-    port = _free_port()
-    # the nodes' own environment, as a worker machine's would be: S3 credentials (moto takes any)
-    env = os.environ | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                    "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-                    f"--temp-dir={temp_dir}"], check=True, capture_output=True, timeout=120, env=env)
+def ray_head() -> Iterator[RayHead]:
+    head = RayHead(_free_port(), tempfile.mkdtemp(prefix="tgray"))
+    head.start()
     try:
-        yield f"127.0.0.1:{port}"
+        yield head
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        subprocess.run([RAY_CLI, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
-def ray_settings(settings: Settings, ray_address: str) -> Iterator[Settings]:
-    ray_settings = settings.model_copy(update={"executor": "ray", "ray_address": ray_address, "lease_seconds": 3.0,
+def ray_settings(settings: Settings, ray_head: RayHead) -> Iterator[Settings]:
+    ray_settings = settings.model_copy(update={"executor": "ray", "ray_address": ray_head.address, "lease_seconds": 3.0,
                                                "workers": 2, "ray_namespace": "tg-test"})
     yield ray_settings
     # a job actor still alive (its job was running when the test ended) would hold a CPU of the next test
     if not ray.is_initialized():
-        ray.init(address=ray_address, namespace=ray_settings.ray_namespace, log_to_driver=False)
+        ray.init(address=ray_head.address, namespace=ray_settings.ray_namespace, log_to_driver=False)
     for name in ray.util.list_named_actors():
         ray.kill(ray.get_actor(name))
     ray.shutdown()
@@ -281,3 +302,45 @@ def test_the_embedded_default_does_not_import_ray(tmp_path):
             "sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
+
+
+@ON_POSTGRES
+def test_jobs_lost_with_a_crashed_ray_cluster_are_rerun_on_the_restarted_one(ray_settings, ray_head, alice,
+                                                                            model_files):
+    """The Ray side restarts: the actor dies with its cluster, its lease runs out, and a dispatcher
+    started against the new cluster requeues the job and runs it to the end."""
+    external = ray_settings.model_copy(update={"executor": "external"})
+    with TestClient(create_app(external)) as client:
+        job_id = client.post("/v1/tickets/find", headers=alice.headers, json={
+            "arch": "lenet300_100", "dataset": "digits", "seed": 4,
+            "hyperparameters": {"rounds": 3, "rate": 0.5, "train": {"epochs": 60}}}).json()["job_id"]
+    env = os.environ | ray_settings.child_environment() | {"TICKETGUARD_EXECUTOR": "ray",
+                                                           "TICKETGUARD_RAY_ADDRESS": ray_head.address,
+                                                           "TICKETGUARD_RAY_NAMESPACE": ray_settings.ray_namespace}
+    if ray.is_initialized():
+        ray.shutdown()  # this process must not be a driver of the cluster that is about to crash
+
+    def dispatcher() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "service.cli", "supervise"], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first = dispatcher()
+    try:
+        pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
+        ray_head.crash()
+        os.killpg(first.pid, signal.SIGKILL)  # its driver's cluster is gone; compose restarts it
+        first.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        assert _job(ray_settings, job_id).status == "running"
+        ray_head.start()
+        second = dispatcher()
+        try:
+            job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+        finally:
+            os.killpg(second.pid, signal.SIGTERM)
+            second.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert job.attempts == 2 and job.worker_pid != pid
