@@ -59,7 +59,7 @@ def test_compose_services_commands_ports_and_volumes():
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
         assert services[name]["depends_on"]["bucket"]["condition"] == "service_completed_successfully", name
     for name in ("dispatcher", "ray-cpu-worker", "ray-gpu-worker"):
-        assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy", name
+        assert services[name]["depends_on"]["ray-head"] == {"condition": "service_healthy", "restart": True}, name
     assert any(v.startswith("pgdata:") for v in postgres["volumes"])
     assert any(v.startswith("objects:") for v in services["minio"]["volumes"])
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
