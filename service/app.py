@@ -25,6 +25,7 @@ from service.jobs.endpoints import router as jobs_router
 from service.jobs.executors import Executor, make_executor
 from service.locks.endpoints import router as locks_router
 from service.migrate import schema_is_current, upgrade
+from service.openapi import ERROR_RESPONSES
 from service.owners.endpoints import router as owners_router
 from service.tickets.endpoints import router as tickets_router
 from service.verifications.endpoints import router as verifications_router
@@ -137,7 +138,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.add_middleware(RequestGate, max_upload_bytes=settings.max_upload_bytes)
     for router in (owners_router, datasets_router, finding_router, tickets_router, locks_router,
                    attacks_router, verifications_router, jobs_router, audit_router):
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from service.attacks.schemas import AttackInfo, AttackReportOut, AttackRequest
 from service.deps import CurrentOwner, DbSession, SettingsDep
 from service.errors import not_found
 from service.models import AttackReport
+from service.openapi import binary_response
 from service.tickets.schemas import Accepted
 from service.tickets.service import visible_ticket
 from verifier.attacks.suite import ATTACKS
@@ -73,7 +74,7 @@ def get_report(report_id: str, owner: CurrentOwner, session: DbSession,
 
 
 @router.get("/v1/attack-reports/{report_id}/plots/{name}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A PNG plot."}})
+            responses=binary_response("image/png", "A PNG plot."))
 def get_plot(report_id: str, name: str, owner: CurrentOwner, session: DbSession, settings: SettingsDep) -> Response:
     """One attack family's plot (`report.plots` lists them): verification p-value and test accuracy
     against attack strength, with the verdict threshold and the fidelity bound marked."""

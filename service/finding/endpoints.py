@@ -13,6 +13,7 @@ from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.finding import service
 from service.finding.configs import describe
 from service.jobs.service import visible_job
+from service.openapi import binary_response
 from service.tickets.endpoints import check_arch_and_dataset
 from verifier.checkpoint import save_state_dict
 from verifier.tickets.registry import FINDERS
@@ -53,7 +54,8 @@ def find_ticket(body: FindRequest, request: Request, owner: CurrentOwner, sessio
     return FindAccepted(job_id=job.id, status=job.status)
 
 
-@router.get("/v1/jobs/{job_id}/ticket", response_class=FileResponse)
+@router.get("/v1/jobs/{job_id}/ticket", response_class=FileResponse,
+            responses=binary_response("application/octet-stream", "The found ticket as safetensors."))
 def download_found_ticket(
     job_id: str, owner: CurrentOwner, session: DbSession, store: Store,
     form: Annotated[Literal["artifact", "plain", "prune"], Query(

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.locks import service
+from service.openapi import binary_response
 from service.tickets.schemas import Accepted
 from service.tickets.service import visible_ticket
 
@@ -56,7 +57,8 @@ def get_lock(ticket_id: str, owner: CurrentOwner, session: DbSession) -> LockOut
                    report=found.report, created_at=found.created_at)
 
 
-@router.get("/{ticket_id}/locked-model", response_class=FileResponse)
+@router.get("/{ticket_id}/locked-model", response_class=FileResponse,
+            responses=binary_response("application/octet-stream", "The locked ticket as safetensors."))
 def download_locked(ticket_id: str, owner: CurrentOwner, session: DbSession, store: Store) -> FileResponse:
     """The locked ticket as safetensors: the ticket's weights with the key's weights pruned."""
     found = service.ticket_lock(session, visible_ticket(session, owner=owner, ticket_id=ticket_id))

@@ -14,6 +14,7 @@ from service.errors import APIError
 from service.finding.service import found_ticket_path
 from service.jobs.service import visible_job
 from service.models import Signature, Ticket, TriggerSet
+from service.openapi import binary_response
 from service.signatures.service import SignatureRequest, check_qr_fits
 from service.tickets import service
 from service.tickets.schemas import Accepted, TicketList, TicketOut
@@ -143,7 +144,8 @@ def get_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession) -> Ticke
     return ticket_out(session, service.visible_ticket(session, owner=owner, ticket_id=ticket_id))
 
 
-@router.get("/{ticket_id}/model", response_class=FileResponse)
+@router.get("/{ticket_id}/model", response_class=FileResponse,
+            responses=binary_response("application/octet-stream", "The registered ticket as safetensors."))
 def download_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession, store: Store) -> FileResponse:
     """The registered ticket as safetensors (pruned weights are exact zeros)."""
     ticket = service.visible_ticket(session, owner=owner, ticket_id=ticket_id)
@@ -152,7 +154,7 @@ def download_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession, sto
 
 
 @router.get("/{ticket_id}/trigger-set", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "An .npz archive."}})
+            responses=binary_response("application/octet-stream", "An .npz archive."))
 def download_trigger_set(ticket_id: str, owner: CurrentOwner, session: DbSession, store: Store) -> Response:
     """Your ticket's trigger set as .npz: `x` (float32, the dataset's input shape, values in [0, 1])
     and `y` (int64 labels). Query a suspect with `x` in this order and upload its answers to

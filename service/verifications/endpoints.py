@@ -7,6 +7,7 @@ from fastapi import APIRouter, BackgroundTasks, File, Form, Request, Response, U
 from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.errors import not_found
 from service.models import Owner, Signature, Ticket, Verification
+from service.openapi import binary_response
 from service.signatures.service import EVIDENCE_IMAGES, evidence_image
 from service.tickets.schemas import Accepted
 from service.triggers.endpoint import policy_from_settings
@@ -76,7 +77,7 @@ def get_verification(verification_id: str, owner: CurrentOwner, session: DbSessi
 
 
 @router.get("/{verification_id}/evidence/{name}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "A PNG image."}})
+            responses=binary_response("image/png", "A PNG image."))
 def get_evidence_image(verification_id: str, name: str, owner: CurrentOwner, session: DbSession) -> Response:
     """QR evidence as PNG: `expected.png` (the code as embedded), `window.png` (the suspect's window read
     as a QR symbol) or `difference.png` (red: the code removed the kernel, the suspect has it; blue: the
