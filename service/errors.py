@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +37,27 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  422: "invalid_request"}
 
 
+_METHODS = ("delete", "get", "head", "options", "patch", "post", "put", "trace")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """The methods the API documents for the resource at this path (the most specific template: literal
+    `/v1/tickets/find` before `/v1/tickets/{ticket_id}`), or None for a path it does not document. Starlette's
+    own `Allow` names the first route it tried only: `POST` to a DELETE of `/v1/tickets`, which serves GET too."""
+    path = request.scope["path"].removeprefix(request.scope.get("root_path") or "") or "/"
+    best: tuple[int, int] | None = None
+    allowed = None
+    for template, item in request.app.openapi().get("paths", {}).items():
+        parts = re.split(r"(\{[^}/]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if not re.fullmatch(pattern, path):
+            continue
+        rank = (template.count("{"), -len(template))
+        if best is None or rank < best:
+            best, allowed = rank, ", ".join(m.upper() for m in _METHODS if m in item)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -46,11 +68,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, str(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(error_body(code, message), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
