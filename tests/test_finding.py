@@ -44,6 +44,17 @@ def test_bad_requests_name_the_field(client, alice, body, code, needle):
     assert needle in error["message"]
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_hyperparameters_are_refused(client, alice, token):
+    """Found by probing next to the schema fuzz: a NaN learning rate was queued on SQLite (the job then
+    "succeeded" with a network at chance) and refused by PostgreSQL as an unstorable value."""
+    body = f'{{"arch": "lenet300_100", "dataset": "digits", "hyperparameters": {{"train": {{"lr": {token}}}}}}}'
+    response = client.post("/v1/tickets/find", content=body,
+                           headers={**alice.headers, "content-type": "application/json"})
+    error = assert_json_error(response, 422, "invalid_hyperparameters")
+    assert error["message"] == "train.lr: must be a finite number"
+
+
 def test_find_download_and_register_from_job(client, alice, bob):
     response = _find(client, alice, seed=3)
     assert response.status_code == 202, response.text
