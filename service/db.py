@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -17,6 +17,11 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# seconds a new PostgreSQL connection may take: a server that accepts but never answers (overloaded,
+# half-restarted, a dropped network) then costs a request a 503, not a hang, and a worker a retry
+CONNECT_TIMEOUT = 5
 
 
 class Base(DeclarativeBase):
@@ -38,7 +43,11 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # pre-ping: a connection that died with a database restart is replaced, not handed to a request
+        parsed = make_url(url)
+        timeout = ({"connect_timeout": CONNECT_TIMEOUT}
+                   if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query else {})
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=timeout)
     return engine
 
 
