@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -83,6 +84,8 @@ def _auth_refusal(app: FastAPI, header: str) -> tuple[int, str, str] | None:
         return exc.status, exc.code, exc.message
     except OperationalError:
         return 503, "database_unavailable", "the database is unavailable; retry later"
+    except PoolTimeout:  # every pooled connection stayed in use for the pool's timeout
+        return 503, "database_unavailable", "the database is busy; retry later"
     return None
 
 

@@ -22,6 +22,11 @@ NAMING_CONVENTION = {
 # seconds a new PostgreSQL connection may take: a server that accepts but never answers (overloaded,
 # half-restarted, a dropped network) then costs a request a 503, not a hang, and a worker a retry
 CONNECT_TIMEOUT = 5
+# connections an engine's pool opens at most (kept open, and beyond those while in demand)
+POOL_SIZE, MAX_OVERFLOW = 10, 20
+# requests that may hold a database session at once (deps.get_session): fewer than the pool's
+# connections, so that the API key checks before a body is read and the job supervisor always find one
+REQUEST_SESSIONS = POOL_SIZE + MAX_OVERFLOW - 5
 
 
 class Base(DeclarativeBase):
@@ -40,14 +45,16 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def get_engine(url: str) -> Engine:
     """One engine per URL per process (SQLite gets WAL, foreign keys and a busy timeout)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         # pre-ping: a connection that died with a database restart is replaced, not handed to a request
         parsed = make_url(url)
         timeout = ({"connect_timeout": CONNECT_TIMEOUT}
                    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query else {})
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=timeout)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
+                               connect_args=timeout)
     return engine
 
 
