@@ -104,6 +104,11 @@ class ModelFiles:
 
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    return make_model_files(tmp_path_factory.mktemp("models"))
+
+
+def make_model_files(root: Path) -> ModelFiles:
+    """The digits tickets of `model_files`, written into `root` (also used by benchmarks/load.py)."""
     import copy
 
     import torch
@@ -114,7 +119,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     from verifier.models import build_model
     from verifier.tickets import find_imp_ticket
 
-    root = tmp_path_factory.mktemp("models")
+    root.mkdir(parents=True, exist_ok=True)
     data = load_dataset("digits")
     ticket = find_imp_ticket("lenet300_100", data, seed=0, rounds=2, rate=0.5, epochs=6)
     independent = find_imp_ticket("lenet300_100", data, seed=1, rounds=2, rate=0.5, epochs=6)
