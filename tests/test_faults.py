@@ -426,10 +426,13 @@ def test_postgres_restart_gives_503s_then_recovers_without_restarting_the_app(pr
         private_postgres.start()  # the app is not restarted: the pool reconnects by itself
         assert client.get("/v1/tickets").status_code == 200
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        found = client.post("/v1/tickets/find", json=find)
+        assert found.status_code == 202, found.text
         accepted = upload(client, "/v1/verifications", model_files.stolen, {}, ticket_id=ticket_id)
         assert accepted.status_code == 202, accepted.text
-        # the supervisor thread lived through the outage and runs a job submitted after it
-        job = wait_finished(settings.resolved_database_url, [accepted.json()["job_id"]], TIMEOUT)
-        assert job[accepted.json()["job_id"]].status == "succeeded"
+        # the supervisor thread lived through the outage and runs the jobs submitted after it
+        jobs = wait_finished(settings.resolved_database_url, [found.json()["job_id"], accepted.json()["job_id"]],
+                             TIMEOUT)
+        assert {job.status for job in jobs.values()} == {"succeeded"}
         assert client.get(f"/v1/verifications/{accepted.json()['id']}").json()["verdict"] == "match"
         assert supervisor._thread.is_alive()
