@@ -12,16 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from service.errors import APIError
+from service.errors import APIError, ArtifactStoreError
 
 if TYPE_CHECKING:
     from service.config import Settings
 
 CHUNK = 1024 * 1024
-
-
-class ArtifactStoreError(RuntimeError):
-    """The artifact store cannot be used (object store unreachable, bucket missing, corrupt object)."""
 
 
 @dataclass(frozen=True)

@@ -75,19 +75,22 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 def supervise() -> None:
     """Run only the job supervisor (for TICKETGUARD_EXECUTOR=external API processes): local worker
     processes, or with TICKETGUARD_EXECUTOR=ray the dispatcher onto the Ray cluster at RAY_ADDRESS."""
+    import logging
     import signal
     import threading
 
     from service.app import prepare_database
     from service.jobs.executors import make_supervisor
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = get_settings()
     prepare_database(settings)
     supervisor = make_supervisor(settings)
     stop = threading.Event()
+    supervisor.start()
+    # after start: connecting to Ray installs Ray's own SIGTERM handler, which would exit at once
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    supervisor.start()
     console.print(f"supervisor {supervisor.identity} running {settings.workers} worker(s)"
                   + (" on Ray" if settings.executor == "ray" else ""))
     stop.wait()

@@ -44,14 +44,17 @@ class Settings(BaseSettings):
         "ray: jobs run as Ray actors on the cluster at RAY_ADDRESS (`pip install ticketguard[ray]`).")
     workers: int = Field(2, ge=1, le=1024, description="Jobs run at once by a supervisor (with the Ray "
                          "executor: jobs in flight on the cluster).")
-    ray_address: str | None = Field(None, description="Ray cluster to submit jobs to (e.g. "
-                                    "`ray://head:10001` or `head:6379`); default: start a local Ray instance.")
+    ray_address: str | None = Field(None, description="Ray cluster to submit jobs to: `head:6379` from a "
+                                    "machine that is a node of it (`ray start --address=head:6379` first); "
+                                    "default: start a local Ray instance.")
     ray_namespace: str = Field("ticketguard", min_length=1, description="Ray namespace of the job actors "
                                "(one per TicketGuard deployment sharing a cluster).")
     ray_gpus_per_job: float = Field(1.0, ge=0, le=8, description="GPUs a GPU-wanting job asks Ray for "
                                     "(a fraction packs several jobs on one GPU); 0, or a cluster without "
                                     "GPUs, runs every job on CPUs.")
     ray_cpus_per_job: float = Field(1.0, gt=0, le=64, description="CPUs every job asks Ray for.")
+    ray_start_timeout: float = Field(600.0, gt=0, description="Seconds a job's actor may wait for a Ray node "
+                                     "with the resources it asks for before the attempt counts as failed.")
     ray_gpu_verify_bytes: int = Field(32 * 1024 * 1024, ge=0, description="A white-box verification "
                                       "wants a GPU when the suspect model file is at least this large.")
     lease_seconds: float = Field(30.0, gt=0, description="Job lease; renewed while a job runs.")

@@ -25,6 +25,10 @@ class APIError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class ArtifactStoreError(RuntimeError):
+    """The artifact store cannot be used (object store unreachable, bucket missing, corrupt object)."""
+
+
 def not_found(what: str) -> APIError:
     return APIError(404, "not_found", f"{what} not found")
 
@@ -100,6 +104,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_busy(_: Request, exc: PoolTimeout) -> JSONResponse:
         log.warning("no database connection free: %s", exc)  # every pooled connection stayed in use
         return JSONResponse(error_body("database_unavailable", "the database is busy; retry later"),
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(ArtifactStoreError)
+    async def _store_down(_: Request, exc: ArtifactStoreError) -> JSONResponse:
+        log.warning("artifact store unavailable: %s", exc)
+        return JSONResponse(error_body("artifact_store_unavailable", "the artifact store is unavailable; retry later"),
                             status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)

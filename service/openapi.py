@@ -26,7 +26,7 @@ _ERRORS = {
     409: "Conflicts with the resource's current state (e.g. not registered yet, already finished, name taken).",
     413: "Request body over the size cap.",
     422: "A parameter, field or uploaded file is invalid; the message names it.",
-    503: "The database is unavailable; retry after `Retry-After` seconds.",
+    503: "The database or the artifact store is unavailable; retry after `Retry-After` seconds.",
 }
 
 # Every /v1 operation can answer these: the request gate checks the key (401) and caps bodies (413) before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,12 +66,24 @@ class RayHead:
         """Every process of this Ray instance killed at once, as when its machine goes down."""
         subprocess.run(["pkill", "-9", "-f", self.temp_dir], capture_output=True, timeout=30)
 
+    def replace(self) -> None:
+        """A new head where the crashed one was (new port and session folder: the old ones may still be
+        held by the dying instance's agents)."""
+        self.port, self.temp_dir = _free_port(), tempfile.mkdtemp(prefix="tgray")
+        self.start()
+
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
+    """The cluster with token authentication, as docker-compose.yml runs it: the head, the dispatchers
+    and this process (a driver too) share RAY_AUTH_TOKEN through the environment."""
+    environment = pytest.MonkeyPatch()
+    environment.setenv("RAY_AUTH_MODE", "token")
+    environment.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    ray._raylet.Config.initialize("")  # Ray read its config at import: make this process see the token mode
     head = RayHead(_free_port(), tempfile.mkdtemp(prefix="tgray"))
     head.start()
     try:
@@ -78,8 +91,10 @@ def ray_head() -> Iterator[RayHead]:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([RAY_CLI, "stop", "--force"], capture_output=True, timeout=120)
+        head.crash()  # this instance only: `ray stop` would end every Ray instance on the machine
         shutil.rmtree(head.temp_dir, ignore_errors=True)
+        environment.undo()
+        ray._raylet.Config.initialize("")
 
 
 @pytest.fixture
@@ -207,9 +222,12 @@ def test_a_job_whose_ray_worker_keeps_dying_fails_after_the_retry_limit(ray_sett
 
 @ON_POSTGRES
 def test_cancel_kills_the_ray_actor(ray_settings, alice, model_files):
+    """The dispatcher kills the actor: a worker frozen mid-job (SIGSTOP) cannot notice the cancel flag
+    and stop by itself, yet its process goes away."""
     with TestClient(create_app(ray_settings)) as client:
         submitted = _qr_registration(client, alice.headers, model_files.ticket)
         pid = _wait_for(lambda: _job(ray_settings, submitted["job_id"]).worker_pid, "the job's Ray worker")
+        os.kill(pid, signal.SIGSTOP)
         cancelled = client.post(f"/v1/jobs/{submitted['job_id']}/cancel", headers=alice.headers)
         assert cancelled.status_code == 200
         _wait_for(lambda: _job(ray_settings, submitted["job_id"]).status == "cancelled", "cancellation")
@@ -218,60 +236,115 @@ def test_cancel_kills_the_ray_actor(ray_settings, alice, model_files):
 
 
 @ON_POSTGRES
-def test_a_resubmitted_job_runs_once(ray_settings, alice, model_files):
-    """The job id is the idempotency key: the same job submitted twice reaches one actor, run once."""
+def test_an_attempt_runs_once_and_a_retry_gets_a_fresh_actor(ray_settings, alice, model_files):
+    """The job id and attempt are the idempotency key: one attempt submitted twice reaches one actor and
+    runs once; a retry (a new claim) gets an actor of its own, and the earlier attempt's actor is killed."""
+    from service.jobs.service import claim
+
     external = ray_settings.model_copy(update={"executor": "external"})
     with TestClient(create_app(external)) as client:
-        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+        once_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+        retried_id = _qr_registration(client, alice.headers, model_files.independent)["job_id"]
     dispatcher = RayDispatcher(ray_settings)
     ray.init(address=ray_settings.ray_address, namespace=ray_settings.ray_namespace, log_to_driver=False)
-    with session_factory(ray_settings.resolved_database_url)() as session:
-        from service.jobs.service import claim
-
-        token = f"{dispatcher.identity}/once"
-        assert claim(session, job_id, lease_owner=token, lease_seconds=30)
-        job = session.get(Job, job_id)
-        first, second = dispatcher._spawn(job, token), dispatcher._spawn(job, token)
-    outcomes = ray.get([first.ref, second.ref], timeout=TIMEOUT)
-    assert outcomes == ["succeeded", "succeeded"]
-    assert ray.get(first.actor.outcome.remote()) == "succeeded"
+    make_session = session_factory(ray_settings.resolved_database_url)
+    with make_session() as session:
+        assert claim(session, once_id, lease_owner="ray:a/1", lease_seconds=30)
+        job = session.get(Job, once_id)
+        first, again = dispatcher._spawn(job, "ray:a/1"), dispatcher._spawn(job, "ray:a/1")
+    assert first.name == again.name == f"job-{once_id}-1"
+    assert ray.get([first.ref, again.ref], timeout=TIMEOUT) == ["succeeded", "succeeded"]
     first.kill()
-    job = _job(ray_settings, job_id)
+    job = _job(ray_settings, once_id)
     assert job.status == "succeeded" and job.attempts == 1
     assert _events(ray_settings, "ticket.registered") == 1
 
+    with make_session() as session:
+        assert claim(session, retried_id, lease_owner="ray:a/2", lease_seconds=30)
+        stale = dispatcher._spawn(session.get(Job, retried_id), "ray:a/2")
+    old_pid = _wait_for(lambda: _job(ray_settings, retried_id).worker_pid, "the first attempt's worker")
+    with make_session() as session:  # its lease ran out (say) and the job was requeued and claimed again
+        row = session.get(Job, retried_id)
+        row.status, row.lease_owner = "queued", None
+        session.commit()
+        assert claim(session, retried_id, lease_owner="ray:b/1", lease_seconds=30)
+        fresh = dispatcher._spawn(session.get(Job, retried_id), "ray:b/1")
+    assert fresh.name == f"job-{retried_id}-2" != stale.name
+    assert ray.get(fresh.ref, timeout=TIMEOUT) == "succeeded"
+    _wait_for(lambda: not _alive(old_pid), "the first attempt's actor to be killed")
+    fresh.kill()
+    job = _job(ray_settings, retried_id)
+    assert job.status == "succeeded" and job.attempts == 2 and job.worker_pid != old_pid
+    assert _events(ray_settings, "ticket.registered") == 2
+
 
 @ON_POSTGRES
-def test_a_restarted_dispatcher_adopts_running_actors_and_kills_stale_ones(ray_settings, alice, model_files):
+def test_a_job_no_node_can_take_fails_after_its_start_timeout(ray_settings, alice, model_files):
+    settings = ray_settings.model_copy(update={"ray_cpus_per_job": 64, "ray_start_timeout": 2.0, "max_attempts": 1})
+    with TestClient(create_app(settings)) as client:
+        submitted = register(client, alice.headers, model_files.ticket).json()
+        job = _wait_for(lambda: (j := _job(settings, submitted["job_id"])).status == "failed" and j, "failure")
+        assert "not scheduled by Ray within 2 s" in job.error and job.worker_pid is None
+        assert client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["status"] == "failed"
+
+
+def _dispatcher(settings: Settings, head: RayHead) -> subprocess.Popen:
+    """`ticketguard supervise` with the Ray executor, in a process of its own (a driver of the cluster)."""
+    env = os.environ | settings.child_environment() | {
+        "TICKETGUARD_EXECUTOR": "ray", "TICKETGUARD_RAY_ADDRESS": head.address,
+        "TICKETGUARD_RAY_NAMESPACE": settings.ray_namespace, "TICKETGUARD_WORKERS": str(settings.workers),
+        "PYTHONUNBUFFERED": "1"}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / "dispatcher.log", "ab") as log:  # read it when a test fails
+        return subprocess.Popen([sys.executable, "-m", "service.cli", "supervise"], env=env, start_new_session=True,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    process.wait(timeout=60)
+
+
+@ON_POSTGRES
+def test_a_restarted_dispatcher_adopts_running_actors_and_kills_stale_ones(ray_settings, ray_head, alice,
+                                                                          model_files):
     external = ray_settings.model_copy(update={"executor": "external"})
     with TestClient(create_app(external)) as client:
         # a ticket search of ~600 epochs: it outlives the dispatcher's absence by several seconds
         job_id = client.post("/v1/tickets/find", headers=alice.headers, json={
             "arch": "lenet300_100", "dataset": "digits", "seed": 3,
             "hyperparameters": {"rounds": 6, "rate": 0.5, "train": {"epochs": 100}}}).json()["job_id"]
-        done_id = register(client, alice.headers, model_files.independent, name="other").json()["job_id"]
-    first = RayDispatcher(ray_settings.model_copy(update={"workers": 1}), poll_interval=0.1)
-    first.start()
-    _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
-    first.stop()  # the dispatcher goes away; the actor keeps its job and its lease
-    pid, token = _job(ray_settings, job_id).worker_pid, _job(ray_settings, job_id).lease_owner
-    time.sleep(1.5 * ray_settings.lease_seconds)  # longer than a lease: only the worker's heartbeat keeps it
-    assert _job(ray_settings, job_id).status == "running" and _alive(pid)
-    # an actor left behind by a job that already finished (its dispatcher died before killing it)
-    stale = RemoteJobActor.options(name=f"job-{done_id}", lifetime="detached", num_cpus=0).remote()
-    assert ray.get(stale.outcome.remote()) is None
-    with session_factory(ray_settings.resolved_database_url)() as session:
-        session.get(Job, done_id).status = "succeeded"
-        session.commit()
-    second = RayDispatcher(ray_settings, poll_interval=0.1)
-    second.start()
+    if ray.is_initialized():
+        ray.shutdown()
+    first = _dispatcher(ray_settings, ray_head)
     try:
-        assert job_id in second.running
+        pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
+    finally:
+        _stop(first)  # the dispatcher goes away; the actor keeps its job and renews its lease itself
+    token = _job(ray_settings, job_id).lease_owner
+    time.sleep(1.5 * ray_settings.lease_seconds)  # longer than a lease
+    assert _job(ray_settings, job_id).status == "running" and _alive(pid)
+    # an actor left behind by a job that has finished (its dispatcher died before killing it)
+    ray.init(address=ray_head.address, namespace=ray_settings.ray_namespace, log_to_driver=False)
+    stale = RemoteJobActor.options(name="job-0123abcd-1", lifetime="detached", num_cpus=0).remote()
+    assert ray.get(stale.outcome.remote()) is None
+    ray.shutdown()
+    os.kill(pid, signal.SIGSTOP)  # frozen, so it cannot finish before the next dispatcher is up
+    second = _dispatcher(ray_settings, ray_head)
+    log = ray_settings.data_dir / "dispatcher.log"
+    try:
+        _wait_for(lambda: f"job {job_id}: adopted its running actor" in log.read_text(), "the adoption")
+        os.kill(pid, signal.SIGCONT)
         job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
     finally:
-        second.stop()
-    assert job.attempts == 1 and job.worker_pid == pid and token.startswith("ray:")
-    _wait_for(lambda: f"job-{done_id}" not in ray.util.list_named_actors(), "the stale actor to be killed")
+        with contextlib.suppress(ProcessLookupError):  # gone once the job ended and its actor was killed
+            os.kill(pid, signal.SIGCONT)
+        _stop(second)
+    assert job.attempts == 1 and job.worker_pid == pid and token.startswith("ray:")  # not rerun
+    assert "killed its stale actor job-0123abcd-1" in log.read_text()
+    ray.init(address=ray_head.address, namespace=ray_settings.ray_namespace, log_to_driver=False)
+    assert "job-0123abcd-1" not in ray.util.list_named_actors()
 
 
 def test_resources_follow_the_job_kind_and_fall_back_to_cpus():
@@ -314,33 +387,21 @@ def test_jobs_lost_with_a_crashed_ray_cluster_are_rerun_on_the_restarted_one(ray
         job_id = client.post("/v1/tickets/find", headers=alice.headers, json={
             "arch": "lenet300_100", "dataset": "digits", "seed": 4,
             "hyperparameters": {"rounds": 3, "rate": 0.5, "train": {"epochs": 60}}}).json()["job_id"]
-    env = os.environ | ray_settings.child_environment() | {"TICKETGUARD_EXECUTOR": "ray",
-                                                           "TICKETGUARD_RAY_ADDRESS": ray_head.address,
-                                                           "TICKETGUARD_RAY_NAMESPACE": ray_settings.ray_namespace}
     if ray.is_initialized():
         ray.shutdown()  # this process must not be a driver of the cluster that is about to crash
-
-    def dispatcher() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "service.cli", "supervise"], env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    first = dispatcher()
+    first = _dispatcher(ray_settings, ray_head)
     try:
         pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
         ray_head.crash()
-        os.killpg(first.pid, signal.SIGKILL)  # its driver's cluster is gone; compose restarts it
-        first.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        assert _job(ray_settings, job_id).status == "running"
-        ray_head.start()
-        second = dispatcher()
-        try:
-            job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
-        finally:
-            os.killpg(second.pid, signal.SIGTERM)
-            second.wait(timeout=60)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+        _stop(first, signal.SIGKILL)  # its driver's cluster is gone; compose restarts it with the head
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    assert _job(ray_settings, job_id).status == "running"
+    ray_head.replace()
+    second = _dispatcher(ray_settings.model_copy(update={"ray_address": ray_head.address}), ray_head)
+    try:
+        job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+    finally:
+        _stop(second)
     assert job.attempts == 2 and job.worker_pid != pid

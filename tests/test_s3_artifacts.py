@@ -21,7 +21,7 @@ from service.artifacts import ArtifactStore, ArtifactStoreError, make_store
 from service.config import Settings
 from service.db import session_factory
 from service.models import Artifact
-from tests.helpers import register_ok, verify_ok
+from tests.helpers import register, register_ok, verify_ok
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -248,3 +248,59 @@ def test_register_and_verify_with_artifacts_in_s3(settings, alice, model_files, 
     default_dir = settings.data_dir / "artifacts"  # the local store of the embedded default: unused
     assert not default_dir.exists() or cached_files(default_dir) == set()
     assert list((cache / "tmp").iterdir()) == []
+
+
+def test_a_job_the_object_store_failed_is_retried_at_no_cost(settings, alice, model_files, bucket, s3_endpoint,
+                                                             monkeypatch):
+    """A worker that cannot reach the bucket exits with the transient code: the job goes back to the
+    queue with its attempt given back (even its only one), and runs once the store is back."""
+    import time
+
+    from service.jobs.executors import LocalSupervisor
+    from service.models import Job
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3_settings = settings.model_copy(update={"artifact_url": f"s3://{bucket}/tg", "s3_endpoint_url": s3_endpoint,
+                                              "s3_region": "us-east-1", "executor": "external", "max_attempts": 1})
+    with TestClient(create_app(s3_settings)) as client:
+        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+    with socket.socket() as probe:  # a loopback port nobody listens on: the store is down for the worker
+        probe.bind(("127.0.0.1", 0))
+        down = s3_settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{probe.getsockname()[1]}"})
+
+    def job() -> Job:
+        with session_factory(settings.resolved_database_url)() as session:
+            return session.get(Job, job_id)
+
+    supervisor = LocalSupervisor(down)
+    try:
+        supervisor.tick()  # claims and starts the worker
+        deadline = time.monotonic() + 120
+        while supervisor.running and time.monotonic() < deadline:
+            time.sleep(0.2)
+            supervisor.tick()
+    finally:
+        supervisor.stop()
+    assert (job().status, job().attempts) == ("queued", 0)
+    assert "code 75" in job().message
+    back = LocalSupervisor(s3_settings, poll_interval=0.1)
+    back.start()
+    try:
+        deadline = time.monotonic() + 120
+        while job().status in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        back.stop()
+    assert (job().status, job().attempts) == ("succeeded", 1)
+
+
+def test_requests_get_503_while_the_bucket_is_unusable(settings, alice, model_files, s3, bucket, s3_endpoint):
+    s3_settings = settings.model_copy(update={"artifact_url": f"s3://{bucket}/tg", "s3_endpoint_url": s3_endpoint,
+                                              "s3_region": "us-east-1"})
+    with TestClient(create_app(s3_settings), raise_server_exceptions=False) as client:
+        s3.delete_bucket(Bucket=bucket)  # gone after start-up: every upload fails until it is back
+        response = register(client, alice.headers, model_files.ticket)
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert response.json()["error"]["code"] == "artifact_store_unavailable"
+        s3.create_bucket(Bucket=bucket)
+        assert register(client, alice.headers, model_files.ticket).status_code == 202

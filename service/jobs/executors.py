@@ -19,10 +19,12 @@ from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
 from service.db import session_factory
+from service.jobs.run import TRANSIENT_EXIT
 from service.jobs.runner import execute_job
 from service.jobs.service import (
     claim,
     finish_cancelled,
+    hold_if_ours,
     new_lease_owner,
     renew_leases,
     requeue_expired,
@@ -65,13 +67,22 @@ class InlineExecutor(ExternalExecutor):
         execute_job(self.settings, job_id, token)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How a worker ended. `transient`: the infrastructure failed (database, object store), not the job,
+    so a requeue gives the attempt back."""
+
+    reason: str
+    transient: bool = False
+
+
 class WorkerHandle(Protocol):
     """A worker running one job: a local process or a Ray actor."""
 
     pid: int | None
 
-    def poll(self) -> str | None:
-        """None while the worker runs; once it ended, how (for the job's message)."""
+    def poll(self) -> Ended | None:
+        """None while the worker runs; once it ended, how."""
 
     def kill(self) -> None:
         """Stop the worker now (its job's outcome is the caller's to write)."""
@@ -125,10 +136,11 @@ class Supervisor:
         with self._make_session() as session:
             for job_id, running in list(self.running.items()):
                 running.handle.kill()
-                job = session.get(Job, job_id, populate_existing=True)
-                if job is not None and job.status == "running" and job.lease_owner == running.token:
+                job = hold_if_ours(session, job_id, running.token)
+                if job is not None:
                     job.attempts = max(0, job.attempts - 1)  # a shutdown is not the job's fault
                     requeue_or_fail(session, job, "supervisor shut down")
+                session.commit()
             self.running.clear()
 
     def run_forever(self) -> None:
@@ -161,23 +173,28 @@ class Supervisor:
             if ended is None:
                 continue
             del self.running[job_id]
-            job = session.get(Job, job_id, populate_existing=True)
-            if job is not None and job.status == "running" and job.lease_owner == running.token:
-                status = requeue_or_fail(session, job, f"{ended} before finishing")
-                log.warning("job %s: worker died (%s); now %s", job_id, ended, status)
+            job = hold_if_ours(session, job_id, running.token)  # None: the worker wrote its outcome
+            if job is not None:
+                if ended.transient:  # the database or object store was away: retry later, at no cost
+                    job.attempts = max(0, job.attempts - 1)
+                    self._launch_paused_until = time.monotonic() + SPAWN_BACKOFF_SECONDS
+                status = requeue_or_fail(session, job, f"{ended.reason} before finishing")
+                log.warning("job %s: worker ended (%s); now %s", job_id, ended.reason, status)
+            session.commit()
 
     def _cancel(self, session) -> None:
         if not self.running:
             return
         jobs = session.execute(select(Job).where(Job.id.in_(list(self.running)), Job.cancel_requested)
                                .execution_options(populate_existing=True)).scalars().all()
-        for job in jobs:
-            running = self.running.pop(job.id)
+        for job_id in [job.id for job in jobs]:
+            running = self.running.pop(job_id)
             running.handle.kill()
-            if job.status == "running" and job.lease_owner == running.token:
+            job = hold_if_ours(session, job_id, running.token)  # None: it finished before the kill
+            if job is not None:
                 finish_cancelled(session, job)
             session.commit()
-            log.info("job %s cancelled; worker killed", job.id)
+            log.info("job %s cancelled; worker killed", job_id)
 
     def _launch(self, session) -> None:
         free = self.settings.workers - len(self.running)
@@ -216,9 +233,9 @@ class _Process:
     def __init__(self, process: subprocess.Popen) -> None:
         self.process, self.pid = process, process.pid
 
-    def poll(self) -> str | None:
+    def poll(self) -> Ended | None:
         code = self.process.poll()
-        return None if code is None else f"worker exited with code {code}"
+        return None if code is None else Ended(f"worker exited with code {code}", transient=code == TRANSIENT_EXIT)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

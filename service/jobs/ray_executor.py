@@ -1,20 +1,23 @@
 """Ray executor: every job runs as a named, detached Ray actor with the resources its kind wants.
 
 The jobs table stays the truth. The dispatcher claims a queued job (a lease token starting `ray:`),
-creates the actor `job-<job id>` with `get_if_exists`, and calls its `run`, the same body as a local
-worker process (`service.jobs.run.run_job`). The job id is the idempotency key: a second submission
-of the same job finds the same actor, whose `run` executes the job once and then only returns the
-outcome. Cancellation kills the actor. Actors are detached, so they outlive a dispatcher restart;
-the next dispatcher adopts the actors of running jobs and kills those of finished ones, and a job
-whose actor is gone (the cluster restarted) stops renewing its lease and is requeued when it expires.
+creates the actor `job-<job id>-<attempt>` with `get_if_exists`, and calls its `run`, the same body as
+a local worker process (`service.jobs.run.run_job`). The job id (with its attempt) is the idempotency
+key: a second submission of the same attempt finds the same actor, whose `run` executes the job once
+and then only returns the outcome; a retry is a new attempt, a new actor, and the old attempt's actor
+is killed. Cancellation kills the actor. Actors are detached, so they outlive a dispatcher restart;
+the next dispatcher adopts the actors of running jobs and kills the others, and a job whose actor is
+gone (the cluster restarted) stops renewing its lease and is requeued when it expires.
 
 Only this module imports Ray (`pip install ticketguard[ray]`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +26,8 @@ from ray.exceptions import RayError
 from sqlalchemy.orm import object_session
 
 from service.config import Settings
-from service.jobs.executors import Supervisor, WorkerHandle, _Running
+from service.jobs.executors import Ended, Supervisor, WorkerHandle, _Running
+from service.jobs.runner import TRANSIENT_OUTCOMES
 from service.models import Artifact, Job
 
 log = logging.getLogger("ticketguard.ray")
@@ -32,8 +36,14 @@ ACTOR_PREFIX = "job-"
 TRAINING_KINDS = frozenset({"find_ticket", "lock_ticket", "attack"})
 
 
-def actor_name(job_id: str) -> str:
-    return f"{ACTOR_PREFIX}{job_id}"
+def actor_name(job_id: str, attempt: int) -> str:
+    return f"{ACTOR_PREFIX}{job_id}-{attempt}"
+
+
+def parse_actor_name(name: str) -> tuple[str, int] | None:
+    """(job id, attempt) of one of our actors' names, or None for any other name."""
+    job_id, _, attempt = name.removeprefix(ACTOR_PREFIX).rpartition("-")
+    return (job_id, int(attempt)) if name.startswith(ACTOR_PREFIX) and job_id and attempt.isdigit() else None
 
 
 def wants_gpu(kind: str, params: dict[str, Any], *, suspect_bytes: int | None, min_verify_bytes: int) -> bool:
@@ -70,8 +80,13 @@ def job_resources(settings: Settings, kind: str, params: dict[str, Any], *, susp
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """The `TICKETGUARD_*` settings a job actor runs with (not the dispatcher's PATH, threads or GPUs)."""
-    return {k: v for k, v in settings.child_environment().items() if k.startswith("TICKETGUARD_")}
+    """The `TICKETGUARD_*` settings a job actor runs with (not the dispatcher's PATH, threads or GPUs).
+
+    The server secret goes too, also when it was generated into DATA_DIR: a node elsewhere would
+    otherwise generate its own and sign QR payloads and trigger sets with another key."""
+    env = {k: v for k, v in settings.child_environment().items() if k.startswith("TICKETGUARD_")}
+    env["TICKETGUARD_SECRET_KEY"] = settings.secret().decode()
+    return env
 
 
 class JobActor:
@@ -79,8 +94,12 @@ class JobActor:
 
     def __init__(self) -> None:
         self._outcome: str | None = None
+        self._lease_owner: str | None = None
 
     def run(self, job_id: str, lease_owner: str, env: dict[str, str]) -> str:
+        if self._lease_owner not in (None, lease_owner):
+            return "not_owned"  # another attempt's actor: never run a job for a lease it was not made for
+        self._lease_owner = lease_owner
         if self._outcome is None:
             os.environ.update(env)
             from service.db import session_factory
@@ -105,28 +124,41 @@ class _Actor:
 
     pid = None
 
-    def __init__(self, actor: Any, ref: Any, name: str) -> None:
-        self.actor, self.ref, self.name = actor, ref, name
+    def __init__(self, actor: Any, ref: Any, name: str, *, start_timeout: float | None = None) -> None:
+        self.actor, self.ref, self.name, self.start_timeout = actor, ref, name, start_timeout
+        self.ready = actor.__ray_ready__.remote() if start_timeout is not None else None
+        self.created = time.monotonic()
 
-    def poll(self) -> str | None:
+    def poll(self) -> Ended | None:
         ready, _ = ray.wait([self.ref], timeout=0)
         if not ready:
+            if self.ready is not None and time.monotonic() - self.created > self.start_timeout:
+                if not ray.wait([self.ready], timeout=0)[0]:
+                    self.kill()
+                    return Ended(f"not scheduled by Ray within {self.start_timeout:g} s (no node has the "
+                                 "CPUs or GPUs it asks for)")
+                self.ready = None  # it started: no deadline on the job itself
             return None
         try:
-            ended = f"worker returned {ray.get(self.ref)!r}"
+            outcome = ray.get(self.ref)
+            ended = Ended(f"worker returned {outcome!r}", transient=outcome in TRANSIENT_OUTCOMES)
         except RayError as exc:
-            ended = f"ray worker died ({type(exc).__name__})"
+            ended = Ended(f"ray worker died ({type(exc).__name__})")
         self.kill()  # detached: the actor holds its CPUs/GPU until killed
         return ended
 
     def kill(self) -> None:
-        try:
-            ray.kill(self.actor, no_restart=True)
-        except RayError as exc:  # already gone
-            log.debug("actor %s: %s", self.name, exc)
+        kill_actor(self.actor, self.name)
 
     def __repr__(self) -> str:
         return f"ray actor {self.name}"
+
+
+def kill_actor(actor: Any, name: str) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except RayError as exc:  # already gone
+        log.debug("actor %s: %s", name, exc)
 
 
 class RayDispatcher(Supervisor):
@@ -154,22 +186,26 @@ class RayDispatcher(Supervisor):
 
     def reconcile(self) -> None:
         """Match Ray's job actors with the jobs table: adopt the actors of running jobs, kill the rest."""
-        names = [n for n in ray.util.list_named_actors() if n.startswith(ACTOR_PREFIX)]
         with self._make_session() as session:
-            for name in names:
-                job_id = name.removeprefix(ACTOR_PREFIX)
+            for name in ray.util.list_named_actors():
+                parsed = parse_actor_name(name)
+                if parsed is None:
+                    continue
+                job_id, attempt = parsed
                 try:
                     actor = ray.get_actor(name, namespace=self.settings.ray_namespace)
                 except ValueError:  # died meanwhile
                     continue
                 job = session.get(Job, job_id)
-                if (job is not None and job.status == "running" and (job.lease_owner or "").startswith("ray:")
-                        and job_id not in self.running):
+                if job_id in self.running:
+                    continue
+                if (job is not None and job.status == "running" and job.attempts == attempt
+                        and (job.lease_owner or "").startswith(self.lease_prefix)):
                     self.running[job_id] = _Running(_Actor(actor, actor.outcome.remote(), name), job.lease_owner)
                     log.info("job %s: adopted its running actor", job_id)
-                elif job_id not in self.running:
-                    _Actor(actor, None, name).kill()
-                    log.info("job %s (%s): killed its stale actor", job_id, job.status if job else "unknown")
+                else:
+                    kill_actor(actor, name)
+                    log.info("job %s (%s): killed its stale actor %s", job_id, job.status if job else "unknown", name)
 
     def _spawn(self, job: Job, token: str) -> WorkerHandle:
         suspect = job.params.get("suspect_sha256")
@@ -177,9 +213,13 @@ class RayDispatcher(Supervisor):
         suspect_bytes = artifact.size if artifact is not None else None
         resources = job_resources(self.settings, job.kind, job.params, suspect_bytes=suspect_bytes,
                                   cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
-        name = actor_name(job.id)
+        for earlier in range(1, job.attempts):  # an earlier attempt's actor may outlive its lease: stop it
+            with contextlib.suppress(ValueError):
+                kill_actor(ray.get_actor(actor_name(job.id, earlier), namespace=self.settings.ray_namespace),
+                           actor_name(job.id, earlier))
+        name = actor_name(job.id, job.attempts)
         actor = RemoteJobActor.options(
             name=name, namespace=self.settings.ray_namespace, get_if_exists=True, lifetime="detached",
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote()
-        return _Actor(actor, actor.run.remote(job.id, token, worker_environment(self.settings)), name)
-
+        return _Actor(actor, actor.run.remote(job.id, token, worker_environment(self.settings)), name,
+                      start_timeout=self.settings.ray_start_timeout)

@@ -7,7 +7,9 @@ import os
 import sys
 
 from service.config import Settings
-from service.jobs.runner import execute_job
+from service.jobs.runner import TRANSIENT_OUTCOMES, execute_job
+
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL: the database or object store was away; the job is retried at no cost
 
 
 def run_job(job_id: str, lease_owner: str) -> str:
@@ -25,6 +27,8 @@ def main(argv: list[str]) -> int:
         print("TICKETGUARD_LEASE_OWNER is not set; workers are started by a supervisor", file=sys.stderr)
         return 2
     status = run_job(argv[0], lease_owner)
+    if status in TRANSIENT_OUTCOMES:
+        return TRANSIENT_EXIT
     return 0 if status in ("succeeded", "failed", "cancelled") else 3
 
 

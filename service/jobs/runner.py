@@ -8,25 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
-from service.artifacts import make_store
+from service.artifacts import ArtifactStoreError, make_store
 from service.config import Settings
 from service.db import session_factory
 from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
 from service.jobs.handlers import HANDLERS, mark_domain_failed
-from service.jobs.service import finish_cancelled, renew_leases
-from service.models import Job, utcnow
+from service.jobs.service import finish_cancelled, hold_if_ours, renew_leases
+from service.models import utcnow
 from verifier.errors import VerifierError
 
 log = logging.getLogger("ticketguard.worker")
-
-
-def _owned(session: Session, job_id: str, lease_owner: str) -> Job | None:
-    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
-    if job is None or job.status != "running" or job.lease_owner != lease_owner:
-        return None
-    return job
 
 
 @contextmanager
@@ -44,8 +36,8 @@ def heartbeat(settings: Settings, job_id: str, lease_owner: str) -> Iterator[Non
             try:
                 with make_session() as session:
                     renew_leases(session, {job_id: lease_owner}, lease_seconds=settings.lease_seconds)
-            except OperationalError as exc:  # the database is away: try again at the next beat
-                log.warning("job %s: lease renewal failed: %s", job_id, exc.orig)
+            except Exception as exc:  # the database is away, or anything else: try again at the next beat
+                log.warning("job %s: lease renewal failed: %s", job_id, exc)
 
     thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
     thread.start()
@@ -56,21 +48,26 @@ def heartbeat(settings: Settings, job_id: str, lease_owner: str) -> Iterator[Non
         thread.join()
 
 
+# outcomes that say the infrastructure failed, not the job: its attempt is given back when it is requeued
+TRANSIENT_OUTCOMES = frozenset({"database_unavailable", "artifact_store_unavailable"})
+
+
 def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
     """Run the job if we hold its lease; write the outcome in one transaction. Returns the status."""
     make_session = session_factory(settings.resolved_database_url)
     with make_session() as session:
-        job = _owned(session, job_id, lease_owner)
+        job = hold_if_ours(session, job_id, lease_owner)
         if job is None:
             return "not_owned"
         kind, params = job.kind, dict(job.params)
+        session.commit()
     handler = HANDLERS.get(kind)
-    ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
-                     store=make_store(settings))
     outcome: tuple[str, object]
     try:
         if handler is None:
             raise JobFailed(f"unknown job kind {kind!r}")
+        ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
+                         store=make_store(settings))
         with heartbeat(settings, job_id, lease_owner):
             ctx.progress(0.0, "running", force=True)
             outcome = ("succeeded", handler.run(ctx))
@@ -83,6 +80,9 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
         # can be written now; the supervisor sees this worker end with the job still ours and requeues it
         log.warning("job %s: database unavailable (%s); leaving it to be retried", job_id, exc.orig)
         return "database_unavailable"
+    except ArtifactStoreError as exc:  # the object store is away: likewise
+        log.warning("job %s: artifact store unavailable (%s); leaving it to be retried", job_id, exc)
+        return "artifact_store_unavailable"
     except (JobFailed, VerifierError) as exc:
         outcome = ("failed", str(exc))
     except Exception as exc:  # a bug: keep the worker's traceback in its log, a summary on the job
@@ -90,7 +90,7 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
         outcome = ("failed", f"internal error: {type(exc).__name__}: {exc}")
     status, value = outcome
     with make_session() as session:
-        job = _owned(session, job_id, lease_owner)
+        job = hold_if_ours(session, job_id, lease_owner)
         if job is None:
             return "lease_lost"
         if status == "succeeded":

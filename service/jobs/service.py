@@ -73,17 +73,36 @@ def requeue_or_fail(session: Session, job: Job, reason: str) -> str:
     return job.status
 
 
+def hold_if_ours(session: Session, job_id: str, lease_owner: str, *, expired_before=None) -> Job | None:
+    """The job, with its row locked until the caller commits, if it is still `running` under `lease_owner`
+    (and, with `expired_before`, its lease ran out before then); else None.
+
+    A compare-and-set every outcome write goes through: the conditional no-op UPDATE takes the row's
+    write lock on PostgreSQL and the database's on SQLite, so nobody can requeue, cancel, finish or
+    re-claim the job between this check and the caller's commit."""
+    condition = [Job.id == job_id, Job.status == "running", Job.lease_owner == lease_owner]
+    if expired_before is not None:
+        condition.append(or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < expired_before))
+    if session.execute(update(Job).where(*condition).values(lease_owner=lease_owner)).rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
 def requeue_expired(session: Session) -> list[str]:
-    """Requeue (or fail) running jobs whose lease ran out: their worker or supervisor died."""
+    """Requeue (or fail) running jobs whose lease ran out: their worker died unseen."""
+    now = utcnow()
     expired = session.execute(
-        select(Job).where(Job.status == "running", or_(Job.lease_expires_at.is_(None),
-                                                       Job.lease_expires_at < utcnow()))
-        .with_for_update(skip_locked=True)).scalars().all()
-    ids = []
-    for job in expired:
-        requeue_or_fail(session, job, "lease expired (worker or supervisor died)")
-        ids.append(job.id)
+        select(Job.id, Job.lease_owner).where(Job.status == "running", or_(Job.lease_expires_at.is_(None),
+                                                                           Job.lease_expires_at < now))).all()
     session.commit()
+    ids = []
+    for job_id, lease_owner in expired:
+        job = hold_if_ours(session, job_id, lease_owner, expired_before=now)  # not renewed, taken or finished since
+        if job is None:
+            session.commit()
+            continue
+        requeue_or_fail(session, job, "lease expired (its worker died)")
+        ids.append(job_id)
     return ids
 
 
