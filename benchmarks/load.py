@@ -40,12 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.embedded import free_port  # noqa: E402
 from tests.conftest import make_model_files  # noqa: E402
+from tests.helpers import POSTGRES_URL, fresh_database  # noqa: E402
 from tests.served import (  # noqa: E402
-    POSTGRES_URL,
     Served,
     cli,
     create_owner,
-    fresh_database,
     jobs_by_id,
     kill_leftover_workers,
     post_model,

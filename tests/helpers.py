@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.db import get_engine
+from service.migrate import upgrade
+
+POSTGRES_URL = os.environ.get("TICKETGUARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def upload(client: TestClient, url: str, path: Path | bytes, headers: dict, **fields) -> object:
@@ -77,3 +87,66 @@ def http_server(handle: Callable[[BaseHTTPRequestHandler, bytes], tuple[int, dic
     finally:
         server.shutdown()
         server.server_close()
+
+
+def wait_for(predicate: Callable[[], object], what: str, *, timeout: float = 300.0, interval: float = 0.02):
+    """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout`
+    (generous: a loaded 2-core machine is slow, and a passing test never waits it out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job_row(settings, job_id: str):
+    """The job as the database has it now."""
+    from service.db import session_factory
+    from service.models import Job
+
+    with session_factory(settings.resolved_database_url)() as session:
+        return session.get(Job, job_id)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextmanager
+def fresh_database(admin_url: str = POSTGRES_URL, prefix: str = "tg_served") -> Iterator[str]:
+    """A new, empty PostgreSQL database on the server of `admin_url`; dropped (connections and all) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()  # this process's pooled connections
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def migrated_database(kind: str, folder: Path, *, prefix: str = "tg_test") -> Iterator[str]:
+    """An empty database brought to head with Alembic: a SQLite file in `folder` (`kind` "sqlite"), or
+    a fresh PostgreSQL database (`kind` "postgresql") dropped afterwards."""
+    if kind == "sqlite":
+        url = f"sqlite:///{folder / 'ticketguard.db'}"
+        upgrade(url)
+        try:
+            yield url
+        finally:
+            get_engine(url).dispose()
+        return
+    with fresh_database(prefix=prefix) as url:
+        upgrade(url)
+        yield url

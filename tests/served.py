@@ -11,39 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
-POSTGRES_URL = os.environ.get("TICKETGUARD_TEST_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 180  # a loaded 2-core machine imports torch slowly; a healthy start never waits it out
-
-
-@contextmanager
-def fresh_database(admin_url: str = POSTGRES_URL, prefix: str = "tg_served") -> Iterator[str]:
-    """A new, empty PostgreSQL database on the server of `admin_url`; dropped (connections and all) after."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        from service.db import get_engine
-
-        get_engine(url).dispose()  # this process's pooled connections
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def service_env(database_url: str, data_dir: Path, **settings: object) -> dict[str, str]:

@@ -126,14 +126,19 @@ def test_a_real_endpoint_is_queried_with_triggers_hidden_among_test_inputs(setti
     evidence = result["evidence"]["trigger_set"]
     assert evidence["queries"] == 200 and evidence["ordinary_accuracy"] > 0.9
     assert sum(batches) == 200 and max(batches) <= local.endpoint_batch_size
-    # Which stored trigger each received input is (-1: an ordinary test input), in arrival order.
-    same = (torch.cat(received).flatten(1)[:, None] == triggers[None]).all(-1)
-    which = torch.where(same.any(1), same.int().argmax(1), -1)
+    # Inputs are named by the first stored trigger equal to them (-1: none). A generated set can hold identical
+    # inputs (flat shapes over the same pixels are all 0/1 once scaled; about 1 set in 50), which the endpoint
+    # cannot tell apart either, so the stored set is compared as a sequence of such names, copies counted.
+    def first_equal(inputs: torch.Tensor) -> torch.Tensor:
+        same = (inputs.flatten(1)[:, None] == triggers[None]).all(-1)
+        return torch.where(same.any(1), same.int().argmax(1), -1)
+
+    stored, which = first_equal(triggers), first_equal(torch.cat(received))  # which: in arrival order
     positions = torch.nonzero(which >= 0).flatten()
-    assert sorted(which[positions].tolist()) == list(range(100))  # every trigger once, exactly as stored
+    assert sorted(which[positions].tolist()) == sorted(stored.tolist())  # every trigger once, exactly as stored
     assert positions[-1] - positions[0] > 100  # not one contiguous block ...
     assert 30 <= int((positions < 100).sum()) <= 70  # ... but spread over both halves of the queries
-    assert which[positions].tolist() != sorted(which[positions].tolist())  # and not in their stored order
+    assert which[positions].tolist() != stored.tolist()  # and not in their stored order
 
 
 def test_a_stolen_copy_pruned_and_fine_tuned_is_recognised_by_endpoint_and_as_a_black_box(settings, alice, bob,

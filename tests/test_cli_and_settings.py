@@ -22,7 +22,7 @@ from service.config import Settings, get_settings
 from service.db import get_engine
 from service.migrate import upgrade
 from service.security import hash_api_key
-from tests.conftest import POSTGRES_URL
+from tests.helpers import POSTGRES_URL
 
 UNREACHABLE_URL = "postgresql+psycopg://u:secretpw@127.0.0.1:1/x"
 

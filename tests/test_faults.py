@@ -13,7 +13,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,15 +32,14 @@ from service.jobs.executors import LocalSupervisor
 from service.jobs.runner import execute_job
 from service.jobs.service import claim
 from service.migrate import upgrade
-from service.models import Job, Ticket
+from service.models import Ticket
 from service.owners.service import create_owner as create_owner_row
-from tests.helpers import assert_json_error, register, upload
+from tests.helpers import assert_json_error, fresh_database, job_row, register, upload, wait_for
 from tests.served import (
     Served,
     cli,
     completion_events,
     create_owner,
-    fresh_database,
     is_worker,
     jobs_by_id,
     kill_leftover_workers,
@@ -58,14 +56,6 @@ LONG_FIND = {"arch": "lenet300_100", "dataset": "digits",  # about 10 s of a wor
              "hyperparameters": {"rounds": 3, "rate": 0.5, "train": {"epochs": 60}}}
 
 
-def _wait_for(predicate, what: str):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -128,9 +118,6 @@ def local_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"executor": "local", "lease_seconds": 3.0, "workers": 2})
 
 
-def _job(settings: Settings, job_id: str) -> Job:
-    with session_factory(settings.resolved_database_url)() as session:
-        return session.get(Job, job_id)
 
 
 def test_job_whose_worker_is_killed_on_every_attempt_fails_after_the_limit(local_settings, alice, model_files):
@@ -139,11 +126,11 @@ def test_job_whose_worker_is_killed_on_every_attempt_fails_after_the_limit(local
         accepted = register(client, alice.headers, model_files.ticket).json()
         killed = set()
         for attempt in range(1, 4):
-            job = _wait_for(lambda attempt=attempt: (j := _job(settings, accepted["job_id"])).status == "running"
+            job = wait_for(lambda attempt=attempt: (j := job_row(settings, accepted["job_id"])).status == "running"
                             and j.attempts == attempt and j.worker_pid and j, f"attempt {attempt}'s worker")
             os.kill(job.worker_pid, signal.SIGKILL)
             killed.add(job.worker_pid)
-        job = _wait_for(lambda: (j := _job(settings, accepted["job_id"])).status != "running" and j, "the end")
+        job = wait_for(lambda: (j := job_row(settings, accepted["job_id"])).status != "running" and j, "the end")
         assert len(killed) == 3  # a fresh process each attempt
         assert job.status == "failed" and job.attempts == 3
         assert job.error.startswith("worker exited with code -9 before finishing; gave up after 3 attempts")
@@ -165,14 +152,14 @@ def test_job_that_raises_fails_with_its_error_and_is_not_retried(settings, alice
                                  poll_interval=0.1)
     supervisor.start()
     try:
-        job = _wait_for(lambda: (j := _job(settings, accepted["job_id"])).status not in ("queued", "running") and j,
+        job = wait_for(lambda: (j := job_row(settings, accepted["job_id"])).status not in ("queued", "running") and j,
                         "the job to end")
-        _wait_for(lambda: not supervisor.running, "the worker to be reaped")
+        wait_for(lambda: not supervisor.running, "the worker to be reaped")
         for _ in range(5):  # more rounds of the supervisor: nothing requeues a failed job
             supervisor.tick()
     finally:
         supervisor.stop()
-    job = _job(settings, accepted["job_id"])
+    job = job_row(settings, accepted["job_id"])
     assert job.status == "failed" and job.attempts == 1  # a job's own error is final, not a crash to retry
     assert upload_sha256 in job.error or "No such file" in job.error, job.error
     assert job.lease_owner is None
@@ -196,7 +183,7 @@ def test_job_that_loses_the_database_midway_is_retried_not_failed(settings, alic
     monkeypatch.setattr(JobContext, "progress", progress)
     with contextlib.suppress(OperationalError):  # (a worker that died of it would be requeued too)
         execute_job(settings, job_id, token)
-    job = _job(settings, job_id)
+    job = job_row(settings, job_id)
     assert job.status in ("running", "queued") and job.error is None, (job.status, job.error)
 
 
@@ -221,7 +208,7 @@ def test_api_process_killed_and_restarted_loses_and_orphans_no_job(served_databa
                 path, verdict = ((model_files.stolen, "match") if index % 2 == 0
                                  else (model_files.independent, "no_match"))
                 verifications[post_model(client, "/v1/verifications", path, ticket_id=ticket_id).json()["id"]] = verdict
-        jobs = _wait_for(lambda: (js := jobs_by_id(served_database)) and all(
+        jobs = wait_for(lambda: (js := jobs_by_id(served_database)) and all(
             js[j].status == "running" and js[j].worker_pid and is_worker(js[j].worker_pid) for j in finds) and js,
             "both long jobs in their workers")
         survivor, victim = finds
@@ -229,7 +216,7 @@ def test_api_process_killed_and_restarted_loses_and_orphans_no_job(served_databa
 
         served.kill()  # no shutdown hook: the workers are orphaned, still holding their jobs
         kill_worker(victim_pid)  # ... and one of them dies too
-        _wait_for(lambda: not is_worker(victim_pid), "the killed worker to be gone")
+        wait_for(lambda: not is_worker(victim_pid), "the killed worker to be gone")
         after_kill = jobs_by_id(served_database)
         assert is_worker(survivor_pid), "the orphaned worker did not outlive its supervisor"
         # both worker slots held long jobs: the killed supervisor had claimed nothing else
@@ -420,7 +407,7 @@ def test_postgres_restart_gives_503s_then_recovers_without_restarting_the_app(pr
             return original()
 
         supervisor.tick = count_tick
-        _wait_for(lambda: ticks >= 3, "the supervisor to meet the outage")  # ticks that failed and were logged
+        wait_for(lambda: ticks >= 3, "the supervisor to meet the outage")  # ticks that failed and were logged
         assert supervisor._thread.is_alive()
 
         private_postgres.start()  # the app is not restarted: the pool reconnects by itself

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import timedelta
 
 import pytest
@@ -16,9 +15,7 @@ from service.app import create_app
 from service.db import session_factory
 from service.jobs.executors import LocalSupervisor
 from service.models import Job, Ticket, utcnow
-from tests.helpers import register
-
-TIMEOUT = 300  # generous: a loaded 2-core machine trains slowly, and a passing test never waits it out
+from tests.helpers import job_row, process_alive, register, wait_for
 
 
 @pytest.fixture
@@ -26,35 +23,18 @@ def local_settings(settings):
     return settings.model_copy(update={"executor": "local", "lease_seconds": 3.0, "workers": 2})
 
 
-def _job(settings, job_id: str) -> Job:
-    with session_factory(settings.resolved_database_url)() as session:
-        return session.get(Job, job_id)
 
 
-def _wait_for(predicate, what: str):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_sigkilled_worker_is_requeued_and_finishes(local_settings, alice, model_files):
     with TestClient(create_app(local_settings)) as client:
         job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
-        pid = _wait_for(lambda: _job(local_settings, job_id).worker_pid, "a worker process")
+        pid = wait_for(lambda: job_row(local_settings, job_id).worker_pid, "a worker process")
         os.kill(pid, signal.SIGKILL)
-        job = _wait_for(lambda: (j := _job(local_settings, job_id)).status == "succeeded" and j, "success")
+        job = wait_for(lambda: (j := job_row(local_settings, job_id)).status == "succeeded" and j, "success")
         assert job.attempts == 2
         assert client.get("/v1/tickets", headers=alice.headers).json()["tickets"][0]["status"] == "registered"
 
@@ -63,9 +43,9 @@ def test_job_whose_worker_keeps_dying_fails_after_the_retry_limit(local_settings
     settings = local_settings.model_copy(update={"max_attempts": 1})
     with TestClient(create_app(settings)) as client:
         response = register(client, alice.headers, model_files.ticket).json()
-        pid = _wait_for(lambda: _job(settings, response["job_id"]).worker_pid, "a worker process")
+        pid = wait_for(lambda: job_row(settings, response["job_id"]).worker_pid, "a worker process")
         os.kill(pid, signal.SIGKILL)
-        job = _wait_for(lambda: (j := _job(settings, response["job_id"])).status == "failed" and j, "failure")
+        job = wait_for(lambda: (j := job_row(settings, response["job_id"])).status == "failed" and j, "failure")
         assert "gave up after 1 attempts" in job.error
         ticket = client.get(f"/v1/tickets/{response['id']}", headers=alice.headers).json()
         assert ticket["status"] == "failed"
@@ -74,11 +54,11 @@ def test_job_whose_worker_keeps_dying_fails_after_the_retry_limit(local_settings
 def test_cancel_kills_the_running_worker(local_settings, alice, model_files):
     with TestClient(create_app(local_settings)) as client:
         response = register(client, alice.headers, model_files.ticket).json()
-        pid = _wait_for(lambda: _job(local_settings, response["job_id"]).worker_pid, "a worker process")
+        pid = wait_for(lambda: job_row(local_settings, response["job_id"]).worker_pid, "a worker process")
         cancelled = client.post(f"/v1/jobs/{response['job_id']}/cancel", headers=alice.headers)
         assert cancelled.status_code == 200 and cancelled.json()["cancel_requested"] is True
-        _wait_for(lambda: _job(local_settings, response["job_id"]).status == "cancelled", "cancellation")
-        _wait_for(lambda: not _alive(pid), "the worker to be gone")
+        wait_for(lambda: job_row(local_settings, response["job_id"]).status == "cancelled", "cancellation")
+        wait_for(lambda: not process_alive(pid), "the worker to be gone")
         ticket = client.get(f"/v1/tickets/{response['id']}", headers=alice.headers).json()
         assert ticket["status"] == "cancelled"
         actions = [e["action"] for e in client.get("/v1/audit", headers=alice.headers).json()["events"]]
@@ -105,7 +85,7 @@ def test_expired_lease_of_a_dead_supervisor_is_requeued(settings, alice, model_f
     supervisor = LocalSupervisor(settings.model_copy(update={"executor": "local"}), poll_interval=0.1)
     supervisor.start()
     try:
-        job = _wait_for(lambda: (j := _job(settings, job_id)).status == "succeeded" and j, "success")
+        job = wait_for(lambda: (j := job_row(settings, job_id)).status == "succeeded" and j, "success")
     finally:
         supervisor.stop()
     assert job.attempts == 2
@@ -132,10 +112,10 @@ def test_killed_find_job_resumes_from_its_checkpoints(local_settings, alice):
         checkpoints = local_settings.data_dir / "checkpoints" / job_id
         # kill in the middle of a pruning round: the search state of an earlier round is saved and
         # the round's own training checkpoint (written after each epoch) exists
-        _wait_for(lambda: (checkpoints / "imp.pt").exists() and any(checkpoints.glob("train-[1-9]*.pt")),
+        wait_for(lambda: (checkpoints / "imp.pt").exists() and any(checkpoints.glob("train-[1-9]*.pt")),
                   "a pruning round with a training checkpoint")
-        os.kill(_job(local_settings, job_id).worker_pid, signal.SIGKILL)
-        done = _wait_for(lambda: (j := _job(local_settings, job_id)).status == "succeeded" and j, "success")
+        os.kill(job_row(local_settings, job_id).worker_pid, signal.SIGKILL)
+        done = wait_for(lambda: (j := job_row(local_settings, job_id)).status == "succeeded" and j, "success")
     assert done.attempts == 2
     assert done.result["rounds"] == reference["rounds"]
     assert done.result["ticket_sha256"] == reference["ticket_sha256"]

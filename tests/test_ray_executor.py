@@ -29,7 +29,7 @@ from service.config import Settings
 from service.db import session_factory
 from service.jobs.ray_executor import RayDispatcher, RemoteJobActor, job_resources, wants_gpu
 from service.models import AuditEvent, Job
-from tests.helpers import register, upload
+from tests.helpers import job_row, process_alive, register, upload, wait_for
 
 ray = pytest.importorskip("ray")  # a dev dependency: installed by the README's test command
 
@@ -110,27 +110,10 @@ def ray_settings(settings: Settings, ray_head: RayHead) -> Iterator[Settings]:
     ray.shutdown()
 
 
-def _job(settings: Settings, job_id: str) -> Job:
-    with session_factory(settings.resolved_database_url)() as session:
-        return session.get(Job, job_id)
 
 
-def _wait_for(predicate, what: str):
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _events(settings: Settings, action: str) -> int:
@@ -150,17 +133,17 @@ def test_jobs_run_as_ray_actors_and_give_the_right_verdicts(ray_settings, alice,
     with TestClient(create_app(ray_settings)) as client:
         response = register(client, alice.headers, model_files.ticket)
         job_id = response.json()["job_id"]
-        _wait_for(lambda: _job(ray_settings, job_id).status == "succeeded", "the registration")
+        wait_for(lambda: job_row(ray_settings, job_id).status == "succeeded", "the registration")
         ticket_id = response.json()["id"]
         verdicts = {}
         for name, path in (("stolen", model_files.stolen), ("independent", model_files.independent)):
             submitted = upload(client, "/v1/verifications", path, alice.headers, ticket_id=ticket_id).json()
-            _wait_for(lambda s=submitted: _job(ray_settings, s["job_id"]).status in ("succeeded", "failed"),
+            wait_for(lambda s=submitted: job_row(ray_settings, s["job_id"]).status in ("succeeded", "failed"),
                       f"the {name} verification")
             verdicts[name] = client.get(f"/v1/verifications/{submitted['id']}", headers=alice.headers).json()
     assert verdicts["stolen"]["verdict"] == "match"
     assert verdicts["independent"]["verdict"] == "no_match"
-    job = _job(ray_settings, job_id)
+    job = job_row(ray_settings, job_id)
     assert job.attempts == 1 and job.worker_pid not in (None, os.getpid())
     assert job.lease_owner is None  # released when it finished
 
@@ -183,11 +166,11 @@ def test_ray_workers_read_and_write_artifacts_in_s3(ray_settings, alice, model_f
                                                    "s3_endpoint_url": f"http://{host}:{port}"})
         with TestClient(create_app(settings)) as client:
             submitted = register(client, alice.headers, model_files.ticket).json()
-            _wait_for(lambda: _job(settings, submitted["job_id"]).status == "succeeded", "the registration")
+            wait_for(lambda: job_row(settings, submitted["job_id"]).status == "succeeded", "the registration")
             shutil.rmtree(settings.resolved_artifact_dir)  # the verification must fetch from the bucket
             verification = upload(client, "/v1/verifications", model_files.stolen, alice.headers,
                                   ticket_id=submitted["id"]).json()
-            _wait_for(lambda: _job(settings, verification["job_id"]).status == "succeeded", "the verification")
+            wait_for(lambda: job_row(settings, verification["job_id"]).status == "succeeded", "the verification")
             result = client.get(f"/v1/verifications/{verification['id']}", headers=alice.headers).json()
             ticket_sha = client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["model_sha256"]
         assert result["verdict"] == "match"
@@ -201,10 +184,10 @@ def test_ray_workers_read_and_write_artifacts_in_s3(ray_settings, alice, model_f
 def test_a_killed_ray_worker_is_retried_and_the_job_completes(ray_settings, alice, model_files):
     with TestClient(create_app(ray_settings)) as client:
         job_id = _qr_registration(client, alice.headers, model_files.ticket)["job_id"]
-        pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
-        assert _job(ray_settings, job_id).lease_owner.startswith("ray:")
+        pid = wait_for(lambda: job_row(ray_settings, job_id).worker_pid, "the job's Ray worker")
+        assert job_row(ray_settings, job_id).lease_owner.startswith("ray:")
         os.kill(pid, signal.SIGKILL)
-        job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+        job = wait_for(lambda: (j := job_row(ray_settings, job_id)).status == "succeeded" and j, "success")
     assert job.attempts == 2 and job.worker_pid != pid
     assert _events(ray_settings, "ticket.registered") == 1
 
@@ -214,8 +197,8 @@ def test_a_job_whose_ray_worker_keeps_dying_fails_after_the_retry_limit(ray_sett
     settings = ray_settings.model_copy(update={"max_attempts": 1})
     with TestClient(create_app(settings)) as client:
         submitted = _qr_registration(client, alice.headers, model_files.ticket)
-        os.kill(_wait_for(lambda: _job(settings, submitted["job_id"]).worker_pid, "a worker"), signal.SIGKILL)
-        job = _wait_for(lambda: (j := _job(settings, submitted["job_id"])).status == "failed" and j, "failure")
+        os.kill(wait_for(lambda: job_row(settings, submitted["job_id"]).worker_pid, "a worker"), signal.SIGKILL)
+        job = wait_for(lambda: (j := job_row(settings, submitted["job_id"])).status == "failed" and j, "failure")
         assert "ray worker died" in job.error and "gave up after 1 attempts" in job.error
         assert client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["status"] == "failed"
 
@@ -226,12 +209,12 @@ def test_cancel_kills_the_ray_actor(ray_settings, alice, model_files):
     and stop by itself, yet its process goes away."""
     with TestClient(create_app(ray_settings)) as client:
         submitted = _qr_registration(client, alice.headers, model_files.ticket)
-        pid = _wait_for(lambda: _job(ray_settings, submitted["job_id"]).worker_pid, "the job's Ray worker")
+        pid = wait_for(lambda: job_row(ray_settings, submitted["job_id"]).worker_pid, "the job's Ray worker")
         os.kill(pid, signal.SIGSTOP)
         cancelled = client.post(f"/v1/jobs/{submitted['job_id']}/cancel", headers=alice.headers)
         assert cancelled.status_code == 200
-        _wait_for(lambda: _job(ray_settings, submitted["job_id"]).status == "cancelled", "cancellation")
-        _wait_for(lambda: not _alive(pid), "the actor's process to be gone")
+        wait_for(lambda: job_row(ray_settings, submitted["job_id"]).status == "cancelled", "cancellation")
+        wait_for(lambda: not process_alive(pid), "the actor's process to be gone")
         assert client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["status"] == "cancelled"
 
 
@@ -255,14 +238,14 @@ def test_an_attempt_runs_once_and_a_retry_gets_a_fresh_actor(ray_settings, alice
     assert first.name == again.name == f"job-{once_id}-1"
     assert ray.get([first.ref, again.ref], timeout=TIMEOUT) == ["succeeded", "succeeded"]
     first.kill()
-    job = _job(ray_settings, once_id)
+    job = job_row(ray_settings, once_id)
     assert job.status == "succeeded" and job.attempts == 1
     assert _events(ray_settings, "ticket.registered") == 1
 
     with make_session() as session:
         assert claim(session, retried_id, lease_owner="ray:a/2", lease_seconds=30)
         stale = dispatcher._spawn(session.get(Job, retried_id), "ray:a/2")
-    old_pid = _wait_for(lambda: _job(ray_settings, retried_id).worker_pid, "the first attempt's worker")
+    old_pid = wait_for(lambda: job_row(ray_settings, retried_id).worker_pid, "the first attempt's worker")
     with make_session() as session:  # its lease ran out (say) and the job was requeued and claimed again
         row = session.get(Job, retried_id)
         row.status, row.lease_owner = "queued", None
@@ -271,9 +254,9 @@ def test_an_attempt_runs_once_and_a_retry_gets_a_fresh_actor(ray_settings, alice
         fresh = dispatcher._spawn(session.get(Job, retried_id), "ray:b/1")
     assert fresh.name == f"job-{retried_id}-2" != stale.name
     assert ray.get(fresh.ref, timeout=TIMEOUT) == "succeeded"
-    _wait_for(lambda: not _alive(old_pid), "the first attempt's actor to be killed")
+    wait_for(lambda: not process_alive(old_pid), "the first attempt's actor to be killed")
     fresh.kill()
-    job = _job(ray_settings, retried_id)
+    job = job_row(ray_settings, retried_id)
     assert job.status == "succeeded" and job.attempts == 2 and job.worker_pid != old_pid
     assert _events(ray_settings, "ticket.registered") == 2
 
@@ -283,7 +266,7 @@ def test_a_job_no_node_can_take_fails_after_its_start_timeout(ray_settings, alic
     settings = ray_settings.model_copy(update={"ray_cpus_per_job": 64, "ray_start_timeout": 2.0, "max_attempts": 1})
     with TestClient(create_app(settings)) as client:
         submitted = register(client, alice.headers, model_files.ticket).json()
-        job = _wait_for(lambda: (j := _job(settings, submitted["job_id"])).status == "failed" and j, "failure")
+        job = wait_for(lambda: (j := job_row(settings, submitted["job_id"])).status == "failed" and j, "failure")
         assert "not scheduled by Ray within 2 s" in job.error and job.worker_pid is None
         assert client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()["status"] == "failed"
 
@@ -319,12 +302,12 @@ def test_a_restarted_dispatcher_adopts_running_actors_and_kills_stale_ones(ray_s
         ray.shutdown()
     first = _dispatcher(ray_settings, ray_head)
     try:
-        pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
+        pid = wait_for(lambda: job_row(ray_settings, job_id).worker_pid, "the job's Ray worker")
     finally:
         _stop(first)  # the dispatcher goes away; the actor keeps its job and renews its lease itself
-    token = _job(ray_settings, job_id).lease_owner
+    token = job_row(ray_settings, job_id).lease_owner
     time.sleep(1.5 * ray_settings.lease_seconds)  # longer than a lease
-    assert _job(ray_settings, job_id).status == "running" and _alive(pid)
+    assert job_row(ray_settings, job_id).status == "running" and process_alive(pid)
     # an actor left behind by a job that has finished (its dispatcher died before killing it)
     ray.init(address=ray_head.address, namespace=ray_settings.ray_namespace, log_to_driver=False)
     stale = RemoteJobActor.options(name="job-0123abcd-1", lifetime="detached", num_cpus=0).remote()
@@ -334,9 +317,9 @@ def test_a_restarted_dispatcher_adopts_running_actors_and_kills_stale_ones(ray_s
     second = _dispatcher(ray_settings, ray_head)
     log = ray_settings.data_dir / "dispatcher.log"
     try:
-        _wait_for(lambda: f"job {job_id}: adopted its running actor" in log.read_text(), "the adoption")
+        wait_for(lambda: f"job {job_id}: adopted its running actor" in log.read_text(), "the adoption")
         os.kill(pid, signal.SIGCONT)
-        job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+        job = wait_for(lambda: (j := job_row(ray_settings, job_id)).status == "succeeded" and j, "success")
     finally:
         with contextlib.suppress(ProcessLookupError):  # gone once the job ended and its actor was killed
             os.kill(pid, signal.SIGCONT)
@@ -391,17 +374,17 @@ def test_jobs_lost_with_a_crashed_ray_cluster_are_rerun_on_the_restarted_one(ray
         ray.shutdown()  # this process must not be a driver of the cluster that is about to crash
     first = _dispatcher(ray_settings, ray_head)
     try:
-        pid = _wait_for(lambda: _job(ray_settings, job_id).worker_pid, "the job's Ray worker")
+        pid = wait_for(lambda: job_row(ray_settings, job_id).worker_pid, "the job's Ray worker")
         ray_head.crash()
     finally:
         _stop(first, signal.SIGKILL)  # its driver's cluster is gone; compose restarts it with the head
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    assert _job(ray_settings, job_id).status == "running"
+    assert job_row(ray_settings, job_id).status == "running"
     ray_head.replace()
     second = _dispatcher(ray_settings.model_copy(update={"ray_address": ray_head.address}), ray_head)
     try:
-        job = _wait_for(lambda: (j := _job(ray_settings, job_id)).status == "succeeded" and j, "success")
+        job = wait_for(lambda: (j := job_row(ray_settings, job_id)).status == "succeeded" and j, "success")
     finally:
         _stop(second)
     assert job.attempts == 2 and job.worker_pid != pid

@@ -23,7 +23,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -43,15 +42,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
     unsupported_method,
 )
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.config import Settings
-from service.db import get_engine
 from service.jobs.executors import InlineExecutor
-from service.migrate import upgrade
-from tests.conftest import POSTGRES_URL, Account, make_account
+from tests.conftest import Account, make_account
+from tests.helpers import migrated_database
 
 EXAMPLES = int(os.environ.get("TICKETGUARD_FUZZ_EXAMPLES", "15"))
 SEED = int(os.environ.get("TICKETGUARD_FUZZ_SEED", "20240601"))
@@ -139,25 +135,8 @@ def _seed(client: httpx.Client, executor: InlineExecutor, owner: Account) -> dic
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database for the whole module: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('fuzzdb') / 'ticketguard.db'}"
-        upgrade(url)
+    with migrated_database(request.param, tmp_path_factory.mktemp("fuzzdb"), prefix="tg_fuzz") as url:
         yield url
-        get_engine(url).dispose()
-        return
-    name = f"tg_fuzz_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
