@@ -283,6 +283,18 @@ def _dispatcher(settings: Settings, head: RayHead) -> subprocess.Popen:
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
+def _queued_search(settings: Settings, headers: dict, *, seed: int, rounds: int, epochs: int) -> str:
+    """A lenet300_100 ticket search left queued for a dispatcher process to run; this process stops being
+    a Ray driver, as a test that restarts or crashes the cluster's other side needs."""
+    with TestClient(create_app(settings.model_copy(update={"executor": "external"}))) as client:
+        job_id = client.post("/v1/tickets/find", headers=headers, json={
+            "arch": "lenet300_100", "dataset": "digits", "seed": seed,
+            "hyperparameters": {"rounds": rounds, "rate": 0.5, "train": {"epochs": epochs}}}).json()["job_id"]
+    if ray.is_initialized():
+        ray.shutdown()
+    return job_id
+
+
 def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if process.poll() is None:
         os.killpg(process.pid, sig)
@@ -292,14 +304,8 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 @ON_POSTGRES
 def test_a_restarted_dispatcher_adopts_running_actors_and_kills_stale_ones(ray_settings, ray_head, alice,
                                                                           model_files):
-    external = ray_settings.model_copy(update={"executor": "external"})
-    with TestClient(create_app(external)) as client:
-        # a ticket search of ~600 epochs: it outlives the dispatcher's absence by several seconds
-        job_id = client.post("/v1/tickets/find", headers=alice.headers, json={
-            "arch": "lenet300_100", "dataset": "digits", "seed": 3,
-            "hyperparameters": {"rounds": 6, "rate": 0.5, "train": {"epochs": 100}}}).json()["job_id"]
-    if ray.is_initialized():
-        ray.shutdown()
+    # a ticket search of ~600 epochs: it outlives the dispatcher's absence by several seconds
+    job_id = _queued_search(ray_settings, alice.headers, seed=3, rounds=6, epochs=100)
     first = _dispatcher(ray_settings, ray_head)
     try:
         pid = wait_for(lambda: job_row(ray_settings, job_id).worker_pid, "the job's Ray worker")
@@ -365,13 +371,7 @@ def test_jobs_lost_with_a_crashed_ray_cluster_are_rerun_on_the_restarted_one(ray
                                                                             model_files):
     """The Ray side restarts: the actor dies with its cluster, its lease runs out, and a dispatcher
     started against the new cluster requeues the job and runs it to the end."""
-    external = ray_settings.model_copy(update={"executor": "external"})
-    with TestClient(create_app(external)) as client:
-        job_id = client.post("/v1/tickets/find", headers=alice.headers, json={
-            "arch": "lenet300_100", "dataset": "digits", "seed": 4,
-            "hyperparameters": {"rounds": 3, "rate": 0.5, "train": {"epochs": 60}}}).json()["job_id"]
-    if ray.is_initialized():
-        ray.shutdown()  # this process must not be a driver of the cluster that is about to crash
+    job_id = _queued_search(ray_settings, alice.headers, seed=4, rounds=3, epochs=60)
     first = _dispatcher(ray_settings, ray_head)
     try:
         pid = wait_for(lambda: job_row(ray_settings, job_id).worker_pid, "the job's Ray worker")
