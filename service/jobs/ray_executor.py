@@ -192,13 +192,13 @@ class RayDispatcher(Supervisor):
                 if parsed is None:
                     continue
                 job_id, attempt = parsed
+                if job_id in self.running:
+                    continue
                 try:
                     actor = ray.get_actor(name, namespace=self.settings.ray_namespace)
                 except ValueError:  # died meanwhile
                     continue
                 job = session.get(Job, job_id)
-                if job_id in self.running:
-                    continue
                 if (job is not None and job.status == "running" and job.attempts == attempt
                         and (job.lease_owner or "").startswith(self.lease_prefix)):
                     self.running[job_id] = _Running(_Actor(actor, actor.outcome.remote(), name), job.lease_owner)
