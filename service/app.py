@@ -18,7 +18,7 @@ from service.attacks.endpoints import router as attacks_router
 from service.audit.endpoints import router as audit_router
 from service.config import Settings, get_settings
 from service.datasets.endpoints import router as datasets_router
-from service.db import session_factory
+from service.db import sessions_for
 from service.deps import authenticate
 from service.errors import APIError, error_body, install_error_handlers
 from service.finding.endpoints import router as finding_router
@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app = FastAPI(title="TicketGuard", version="0.1.0", lifespan=lifespan,
                   description="Proves who owns a lottery ticket (a sparse subnetwork).")
     app.state.settings = settings
-    app.state.sessionmaker = session_factory(settings.resolved_database_url)
+    app.state.sessionmaker = sessions_for(settings, requests=True)
     try:
         app.state.store = make_store(settings)
     except ArtifactStoreError as exc:  # a missing bucket or unreachable endpoint: one line, like the database's

@@ -119,7 +119,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
 
     from service.app import prepare_database
     from service.artifacts import make_store
-    from service.db import session_factory
+    from service.db import sessions_for
     from service.models import Ticket, TicketReference
     from service.verifications.calibration import recalibrate
     from verifier.aligned import STATISTIC
@@ -127,7 +127,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
     settings = get_settings()
     prepare_database(settings)
     store = make_store(settings)
-    with session_factory(settings.resolved_database_url)() as session:
+    with sessions_for(settings)() as session:
         query = select(Ticket).where(Ticket.status == "registered", Ticket.signature != "qr")
         if tickets:
             query = query.where(Ticket.id.in_(tickets))
@@ -150,13 +150,13 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
 def owners_create(name: str, admin: Annotated[bool, typer.Option("--admin")] = False) -> None:
     """Create an owner; its API key is printed once, on the last line."""
     from service.app import prepare_database
-    from service.db import session_factory
+    from service.db import sessions_for
     from service.errors import APIError
     from service.owners.service import create_owner
 
     settings = get_settings()
     prepare_database(settings)
-    with session_factory(settings.resolved_database_url)() as session:
+    with sessions_for(settings)() as session:
         try:
             owner, key = create_owner(session, secret=settings.secret(), name=name, is_admin=admin,
                                       actor="cli")
@@ -179,11 +179,11 @@ def audit_verify(
     else:
         from service.app import prepare_database
         from service.audit.chain import verify_chain
-        from service.db import session_factory
+        from service.db import sessions_for
 
         settings = get_settings()
         prepare_database(settings)
-        with session_factory(settings.resolved_database_url)() as session:
+        with sessions_for(settings)() as session:
             report = verify_chain(session).to_dict()
     if report["ok"]:
         console.print(f"[green]audit chain intact[/green]: {report['events_checked']} events")

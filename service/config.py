@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlparse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.db import Timeouts
+
 
 class Settings(BaseSettings):
     """Service configuration. Every field can be set as `TICKETGUARD_<NAME>`."""
@@ -59,6 +61,18 @@ class Settings(BaseSettings):
                                       "wants a GPU when the suspect model file is at least this large.")
     lease_seconds: float = Field(30.0, gt=0, description="Job lease; renewed while a job runs.")
     max_attempts: int = Field(3, ge=1, description="Tries before a job whose worker died fails.")
+    worker_start_timeout: float = Field(120.0, gt=0, description="Seconds a started worker (a process, or a "
+                                        "Ray actor once a node took it) may take to report for its job; then "
+                                        "it is killed and the job requeued.")
+    db_lock_timeout: float = Field(10.0, ge=0, description="Seconds a statement waits for a lock (PostgreSQL "
+                                   "lock_timeout, SQLite busy timeout); 0: no limit.")
+    db_statement_timeout: float = Field(60.0, ge=0, description="Seconds a statement may run (PostgreSQL "
+                                        "statement_timeout); 0: no limit.")
+    db_idle_timeout: float = Field(5.0, ge=0, description="Seconds a job-system connection (worker, supervisor, "
+                                   "dispatcher) may idle inside a transaction before PostgreSQL ends it and "
+                                   "frees its locks (idle_in_transaction_session_timeout); 0: no limit.")
+    db_request_idle_timeout: float = Field(120.0, ge=0, description="The same for API requests' connections "
+                                           "(a request may validate a large upload between statements).")
     verify_permutations: int = Field(9999, ge=99, description="Permutations in the topology null.")
     search_candidates: int = Field(5, ge=1, le=1000, description="Tickets a 1:N search tests in full: "
                                    "the nearest to the suspect in the summary index.")
@@ -160,6 +174,11 @@ class Settings(BaseSettings):
                                "(a new secret invalidates every API key)")
         return value.encode()
 
+    def db_timeouts(self, *, requests: bool = False) -> Timeouts:
+        """The database timeouts of the job system's connections, or (`requests`) of API requests'."""
+        return Timeouts(lock=self.db_lock_timeout, statement=self.db_statement_timeout,
+                        idle_in_transaction=self.db_request_idle_timeout if requests else self.db_idle_timeout)
+
     def child_environment(self) -> dict[str, str]:
         """Environment that makes a worker subprocess see exactly these settings."""
         env = dict(os.environ)
@@ -182,6 +201,11 @@ class Settings(BaseSettings):
             "TICKETGUARD_INCONCLUSIVE_ALPHA": str(self.inconclusive_alpha),
             "TICKETGUARD_LEASE_SECONDS": str(self.lease_seconds),
             "TICKETGUARD_MAX_ATTEMPTS": str(self.max_attempts),
+            "TICKETGUARD_WORKER_START_TIMEOUT": str(self.worker_start_timeout),
+            "TICKETGUARD_DB_LOCK_TIMEOUT": str(self.db_lock_timeout),
+            "TICKETGUARD_DB_STATEMENT_TIMEOUT": str(self.db_statement_timeout),
+            "TICKETGUARD_DB_IDLE_TIMEOUT": str(self.db_idle_timeout),
+            "TICKETGUARD_DB_REQUEST_IDLE_TIMEOUT": str(self.db_request_idle_timeout),
         })
         if self.secret_key:
             env["TICKETGUARD_SECRET_KEY"] = self.secret_key

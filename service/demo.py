@@ -14,7 +14,7 @@ from service.app import create_app
 from service.cli import print_audit, wait_with_progress
 from service.client import TicketGuardClient
 from service.config import Settings
-from service.db import session_factory
+from service.db import sessions_for
 from service.embedded import EmbeddedServer, free_port
 from service.errors import APIError
 from service.models import Owner
@@ -32,7 +32,7 @@ ARCH, DATASET = "lenet300_100", "digits"
 
 def _demo_owner(settings: Settings) -> tuple[Owner, str]:
     """Owner `alice`, or `alice-xxxx` when a kept data dir already has one."""
-    with session_factory(settings.resolved_database_url)() as session:
+    with sessions_for(settings)() as session:
         for name in ("alice", f"alice-{secrets.token_hex(2)}"):
             try:
                 return create_owner(session, secret=settings.secret(), name=name, is_admin=False,

@@ -29,6 +29,7 @@ from service.config import Settings
 from service.db import session_factory
 from service.jobs.ray_executor import RayDispatcher, RemoteJobActor, job_resources, wants_gpu
 from service.models import AuditEvent, Job
+from tests.freezing import freeze_next_statement_on, thaw
 from tests.helpers import job_row, process_alive, register, upload, wait_for
 
 ray = pytest.importorskip("ray")  # a dev dependency: installed by the README's test command
@@ -108,12 +109,6 @@ def ray_settings(settings: Settings, ray_head: RayHead) -> Iterator[Settings]:
     for name in ray.util.list_named_actors():
         ray.kill(ray.get_actor(name))
     ray.shutdown()
-
-
-
-
-
-
 
 
 def _events(settings: Settings, action: str) -> int:
@@ -365,7 +360,6 @@ def test_the_embedded_default_does_not_import_ray(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
 
-
 @ON_POSTGRES
 def test_jobs_lost_with_a_crashed_ray_cluster_are_rerun_on_the_restarted_one(ray_settings, ray_head, alice,
                                                                             model_files):
@@ -388,3 +382,47 @@ def test_jobs_lost_with_a_crashed_ray_cluster_are_rerun_on_the_restarted_one(ray
     finally:
         _stop(second)
     assert job.attempts == 2 and job.worker_pid != pid
+
+
+def _frozen_ray_settings(ray_settings: Settings) -> Settings:
+    return ray_settings.model_copy(update={"db_idle_timeout": 2.0, "db_lock_timeout": 10.0,
+                                           "worker_start_timeout": 20.0})
+
+
+@ON_POSTGRES
+def test_cancel_of_a_ray_worker_frozen_mid_transaction_answers_and_the_rest_runs(ray_settings, alice, model_files):
+    """What hung CI: the actor frozen between its first statement on the job's row and its commit. The
+    cancel used to wait on that row for good (and the dispatcher's renewals behind it)."""
+    settings = _frozen_ray_settings(ray_settings)
+    with TestClient(create_app(settings)) as client:
+        submitted = _qr_registration(client, alice.headers, model_files.ticket)
+        wait_for(lambda: (job_row(settings, submitted["job_id"]).lease_owner or "").startswith("ray:"),
+                 "the dispatcher's claim")
+        frozen = freeze_next_statement_on(settings.resolved_database_url, submitted["job_id"])
+        try:
+            other = register(client, alice.headers, model_files.independent).json()
+            started = time.monotonic()
+            cancelled = client.post(f"/v1/jobs/{submitted['job_id']}/cancel", headers=alice.headers)
+            assert cancelled.status_code == 200, cancelled.text
+            assert time.monotonic() - started < 30.0  # it used to be never
+            wait_for(lambda: job_row(settings, submitted["job_id"]).status == "cancelled", "cancellation")
+            wait_for(lambda: not process_alive(frozen.pid), "the frozen actor's process to be gone")
+            wait_for(lambda: job_row(settings, other["job_id"]).status == "succeeded", "the other job")
+        finally:
+            thaw(frozen.pid)
+
+
+@ON_POSTGRES
+def test_a_ray_worker_frozen_mid_job_is_killed_and_its_job_rerun(ray_settings, alice, model_files):
+    settings = _frozen_ray_settings(ray_settings)
+    with TestClient(create_app(settings)) as client:
+        submitted = _qr_registration(client, alice.headers, model_files.ticket)
+        wait_for(lambda: job_row(settings, submitted["job_id"]).heartbeat_at, "the actor to report")
+        frozen = freeze_next_statement_on(settings.resolved_database_url, submitted["job_id"])
+        try:
+            job = wait_for(lambda: (j := job_row(settings, submitted["job_id"])).status == "succeeded" and j,
+                           "the job's second attempt to succeed")
+            wait_for(lambda: not process_alive(frozen.pid), "the frozen actor's process to be gone")
+        finally:
+            thaw(frozen.pid)
+    assert job.attempts == 2 and job.worker_pid != frozen.pid

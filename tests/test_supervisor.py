@@ -1,9 +1,11 @@
-"""What every supervisor (local processes or Ray) does when it cannot start a worker."""
+"""What every supervisor (local processes or Ray) does when it cannot start a worker, and with workers that
+froze, never reported or lost their job."""
 
 from __future__ import annotations
 
 import subprocess
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -86,7 +88,7 @@ def test_requeueing_expired_leases_never_undoes_another_supervisors_claim(settin
 class _FinishesAsItIsKilled:
     """A worker that wrote its success just before the kill reached it."""
 
-    pid = None
+    pid, started = None, None
 
     def __init__(self, settings, job_id: str) -> None:
         self.settings, self.job_id = settings, job_id
@@ -111,7 +113,128 @@ def test_a_cancel_that_comes_too_late_keeps_the_jobs_success(settings, alice):
     supervisor = LocalSupervisor(settings.model_copy(update={"executor": "local"}))
     supervisor.running[job_id] = _Running(_FinishesAsItIsKilled(settings, job_id), "A/1")
     with session_factory(settings.resolved_database_url)() as session:
-        supervisor._cancel(session)
+        supervisor._watch(session)
     with session_factory(settings.resolved_database_url)() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.result) == ("succeeded", {"done": True})
+
+
+class _Frozen:
+    """A worker that stopped (SIGSTOP, a VM pause): it polls as running and only a kill ends it."""
+
+    pid = None
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started, self.killed = started, False
+
+    def poll(self):
+        return None
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def _reported(settings, job_id: str, *, seconds_ago: float, lease_left: float) -> None:
+    from datetime import timedelta
+
+    from service.models import utcnow
+
+    with session_factory(settings.resolved_database_url)() as session:
+        job = session.get(Job, job_id)
+        job.heartbeat_at = utcnow() - timedelta(seconds=seconds_ago)
+        job.lease_expires_at = utcnow() + timedelta(seconds=lease_left)
+        session.commit()
+
+
+def _supervising(settings, job_id: str, token: str, handle) -> LocalSupervisor:
+    from service.jobs.executors import _Running
+
+    supervisor = LocalSupervisor(settings.model_copy(update={"executor": "local", "workers": 0}))
+    supervisor.running[job_id] = _Running(handle, token)
+    return supervisor
+
+
+def test_a_worker_that_stops_renewing_its_lease_is_killed_and_its_job_requeued(settings, alice):
+    job_id = _running_job(settings, alice.id, "A/1", expired=False)
+    _reported(settings, job_id, seconds_ago=40, lease_left=-5)  # reported once, then went silent
+    frozen = _Frozen(started=0.0)
+    supervisor = _supervising(settings, job_id, "A/1", frozen)
+    supervisor.tick()
+    with session_factory(settings.resolved_database_url)() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.lease_owner, job.attempts) == ("queued", None, 1)
+        assert "stopped renewing its lease" in job.message
+    assert frozen.killed and job_id not in supervisor.running
+
+
+def test_a_reporting_worker_keeps_its_job_and_renews_its_own_lease(settings, alice):
+    """The supervisor leaves a worker that reports alone, and does not renew its lease for it: a worker
+    that froze must let its lease run out."""
+    job_id = _running_job(settings, alice.id, "A/1", expired=False)
+    _reported(settings, job_id, seconds_ago=1, lease_left=5)
+    with session_factory(settings.resolved_database_url)() as session:
+        expires = session.get(Job, job_id).lease_expires_at
+    alive = _Frozen(started=0.0)
+    supervisor = _supervising(settings, job_id, "A/1", alive)
+    supervisor.tick()
+    with session_factory(settings.resolved_database_url)() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.lease_owner, job.lease_expires_at) == ("running", "A/1", expires)
+    assert not alive.killed and job_id in supervisor.running
+
+
+def test_a_worker_that_never_reports_is_killed_after_the_start_timeout(settings, alice):
+    import time
+
+    job_id = _running_job(settings, alice.id, "A/1", expired=False)
+    short = settings.model_copy(update={"worker_start_timeout": 5.0})
+    waiting_for_a_node = _Frozen(started=None)  # a Ray actor no node has taken yet: no deadline here
+    silent = _Frozen(started=time.monotonic() - 6)
+    supervisor = _supervising(short, job_id, "A/1", waiting_for_a_node)
+    supervisor.tick()
+    assert not waiting_for_a_node.killed
+    supervisor = _supervising(short, job_id, "A/1", silent)
+    supervisor.tick()
+    with session_factory(settings.resolved_database_url)() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempts) == ("queued", 1) and "did not report within 5 s" in job.message
+    assert silent.killed
+
+
+def test_a_worker_whose_job_was_taken_over_is_killed_and_the_new_claim_kept(settings, alice):
+    job_id = _running_job(settings, alice.id, "B/2", expired=False)  # requeued and claimed by B
+    stale = _Frozen(started=0.0)
+    supervisor = _supervising(settings, job_id, "A/1", stale)
+    supervisor.tick()
+    with session_factory(settings.resolved_database_url)() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.lease_owner) == ("running", "B/2")
+    assert stale.killed and job_id not in supervisor.running
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_supervisor_never_waits_on_a_row_a_frozen_transaction_holds(settings, alice):
+    """A transaction that holds a job's row (a worker frozen between its UPDATE and its COMMIT) must not
+    stall the supervisor: renewals and requeues skip the row, and the tick goes on to its other jobs."""
+    from sqlalchemy import create_engine, text
+
+    quick = settings.model_copy(update={"db_lock_timeout": 1.0})
+    locked = _running_job(settings, alice.id, "A/1", expired=False)  # not reported yet: the supervisor renews it
+    expired = _running_job(settings, alice.id, "dead/1", expired=True)  # another's, lease run out: requeued
+    held_expired = _running_job(settings, alice.id, "dead/2", expired=True)
+    supervisor = _supervising(quick, locked, "A/1", _Frozen(started=None))
+    holder = create_engine(settings.resolved_database_url)  # no timeouts: holds for as long as the test says
+    try:
+        with holder.connect() as connection:
+            connection.execute(text("SELECT id FROM jobs WHERE id IN (:a, :b) FOR UPDATE"),
+                               {"a": locked, "b": held_expired})
+            supervisor.tick()  # with a wait on either row, this raises the lock timeout
+            connection.rollback()
+    finally:
+        holder.dispose()
+    with session_factory(settings.resolved_database_url)() as session:
+        assert session.get(Job, expired).status == "queued"
+        assert session.get(Job, held_expired).status == "running"  # skipped this time, not waited on
+    supervisor.tick()
+    with session_factory(settings.resolved_database_url)() as session:
+        assert session.get(Job, held_expired).status == "queued"

@@ -19,7 +19,7 @@ from service.attacks.report import empty_row, scheme_columns, summarize
 from service.attacks.schemas import AttackRequest
 from service.audit.chain import append_event
 from service.datasets.catalog import DatasetRef, load, resolve_dataset
-from service.db import session_factory
+from service.db import sessions_for
 from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
@@ -238,7 +238,7 @@ def _forged_key(ctx: JobContext, forgeries: int, bound: float) -> dict[str, Any]
 
 
 def _saved_rows(ctx: JobContext) -> list[dict[str, Any]]:
-    with session_factory(ctx.settings.resolved_database_url)() as session:
+    with sessions_for(ctx.settings)() as session:
         report = session.get(AttackReport, ctx.params["report_id"])
         return list(report.rows or []) if report is not None else []
 
@@ -247,7 +247,7 @@ def _save_rows(ctx: JobContext, rows: list[dict[str, Any]]) -> None:
     """Write the rows so far, while this worker still holds the job's lease."""
     held = select(Job.id).where(Job.id == ctx.job_id, Job.lease_owner == ctx.lease_owner,
                                 Job.status == "running").exists()
-    with session_factory(ctx.settings.resolved_database_url)() as session:
+    with sessions_for(ctx.settings)() as session:
         session.execute(update(AttackReport).where(AttackReport.id == ctx.params["report_id"], held)
                         .values(rows=rows, status="running"))
         session.commit()

@@ -10,8 +10,8 @@ from sqlalchemy import update
 
 from service.artifacts import ArtifactStore
 from service.config import Settings
-from service.db import session_factory
-from service.models import Job
+from service.db import sessions_for
+from service.models import Job, utcnow
 
 
 class JobFailed(Exception):
@@ -42,11 +42,11 @@ class JobContext:
         if not force and now - self._last < self.min_interval:
             return
         self._last = now
-        with session_factory(self.settings.resolved_database_url)() as session:
+        with sessions_for(self.settings)() as session:
             updated = session.execute(
                 update(Job).where(Job.id == self.job_id, Job.lease_owner == self.lease_owner,
                                   Job.status == "running")
-                .values(progress=max(0.0, min(1.0, fraction)), message=message[:500])
+                .values(progress=max(0.0, min(1.0, fraction)), message=message[:500], heartbeat_at=utcnow())
                 .returning(Job.cancel_requested)).first()
             session.commit()
         if updated is None:

@@ -14,14 +14,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
-from service.db import session_factory
+from service.db import sessions_for
 from service.jobs.run import TRANSIENT_EXIT
 from service.jobs.runner import execute_job
 from service.jobs.service import (
+    TERMINAL,
     claim,
     finish_cancelled,
     hold_if_ours,
@@ -30,7 +31,7 @@ from service.jobs.service import (
     requeue_expired,
     requeue_or_fail,
 )
-from service.models import Job
+from service.models import Job, utcnow
 
 log = logging.getLogger("ticketguard.supervisor")
 
@@ -61,7 +62,7 @@ class InlineExecutor(ExternalExecutor):
 
     def submit(self, job_id: str) -> None:
         token = f"inline/{uuid.uuid4().hex[:12]}"
-        with session_factory(self.settings.resolved_database_url)() as session:
+        with sessions_for(self.settings)() as session:
             if not claim(session, job_id, lease_owner=token, lease_seconds=self.settings.lease_seconds):
                 return
         execute_job(self.settings, job_id, token)
@@ -80,6 +81,7 @@ class WorkerHandle(Protocol):
     """A worker running one job: a local process or a Ray actor."""
 
     pid: int | None
+    started: float | None  # time.monotonic() when its process began; None while it waits for a node
 
     def poll(self) -> Ended | None:
         """None while the worker runs; once it ended, how."""
@@ -97,9 +99,15 @@ class _Running:
 class Supervisor:
     """Claims queued jobs and hands each to a worker; what a worker is, subclasses say (`_spawn`).
 
-    It renews the leases of its jobs (the workers renew them too), kills a job's worker when the job
-    is cancelled, requeues a job whose worker died (up to `max_attempts`), and at every tick requeues
-    jobs whose lease expired because their worker died unseen.
+    A worker reports for its job (`beat`: lease and heartbeat) and renews its own lease while it runs;
+    the supervisor renews only the leases of workers that have not reported yet. At every tick it reads
+    what the jobs table says of each job it runs and acts without waiting on anyone: a cancelled job's
+    worker is killed; a worker that lost its job (its lease ran out and the job was requeued elsewhere)
+    is killed; a worker that stopped renewing its lease (frozen: SIGSTOP, a VM pause, a partition) or
+    never reported within `worker_start_timeout` is killed and its job requeued (up to `max_attempts`);
+    a worker that ended before writing an outcome has its job requeued. Then it requeues jobs whose
+    lease expired because their worker died unseen, and launches queued jobs. No transaction of its own
+    stays open across a kill, a spawn or a call to Ray.
     """
 
     lease_prefix = ""
@@ -108,7 +116,7 @@ class Supervisor:
         self.settings, self.poll_interval = settings, poll_interval
         self.identity = self.lease_prefix + new_lease_owner()
         self.running: dict[str, _Running] = {}
-        self._make_session = session_factory(settings.resolved_database_url)
+        self._make_session = sessions_for(settings)
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._last_renew = 0.0
@@ -155,10 +163,10 @@ class Supervisor:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One round: reap finished workers, act on cancels, renew leases, requeue, launch."""
+        """One round: reap ended workers, watch the running ones, renew, requeue, launch."""
         with self._make_session() as session:
             self._reap(session)
-            self._cancel(session)
+            self._watch(session)
             if time.monotonic() - self._last_renew > self.settings.lease_seconds / 3:
                 renew_leases(session, {j: r.token for j, r in self.running.items()},
                              lease_seconds=self.settings.lease_seconds)
@@ -182,19 +190,46 @@ class Supervisor:
                 log.warning("job %s: worker ended (%s); now %s", job_id, ended.reason, status)
             session.commit()
 
-    def _cancel(self, session) -> None:
+    def _watch(self, session) -> None:
+        """Act on the jobs table's word on each running job: cancelled, lost, frozen or never started."""
         if not self.running:
             return
-        jobs = session.execute(select(Job).where(Job.id.in_(list(self.running)), Job.cancel_requested)
-                               .execution_options(populate_existing=True)).scalars().all()
-        for job_id in [job.id for job in jobs]:
-            running = self.running.pop(job_id)
-            running.handle.kill()
-            job = hold_if_ours(session, job_id, running.token)  # None: it finished before the kill
-            if job is not None:
-                finish_cancelled(session, job)
-            session.commit()
-            log.info("job %s cancelled; worker killed", job_id)
+        rows = {row.id: row for row in session.execute(
+            select(Job.id, Job.status, Job.lease_owner, Job.lease_expires_at, Job.heartbeat_at,
+                   Job.cancel_requested).where(Job.id.in_(list(self.running))))}
+        session.commit()  # a plain read (it waits on no lock); nothing below runs inside it
+        now, clock = utcnow(), time.monotonic()
+        for job_id, running in list(self.running.items()):
+            row = rows.get(job_id)
+            if row is not None and row.status in TERMINAL:
+                continue  # its worker wrote the outcome and is ending: `_reap` sees it go
+            if row is None or row.status != "running" or row.lease_owner != running.token:
+                self._drop(session, job_id, "lost its job (its lease ran out)", then="release")
+            elif row.cancel_requested:
+                self._drop(session, job_id, "was cancelled", then="cancel")
+            elif row.heartbeat_at is None:
+                started = running.handle.started
+                if started is not None and clock - started > self.settings.worker_start_timeout:
+                    self._drop(session, job_id, f"did not report within {self.settings.worker_start_timeout:g} s "
+                                                "of starting")
+            elif row.lease_expires_at is not None and row.lease_expires_at < now:
+                self._drop(session, job_id, f"stopped renewing its lease (silent since "
+                                            f"{row.heartbeat_at.isoformat(timespec='seconds')}; frozen?)")
+
+    def _drop(self, session, job_id: str, reason: str, *, then: str = "requeue") -> None:
+        """Kill a job's worker first, then write what follows (`then`): "cancel", "requeue" (or fail, its
+        attempts spent), or "release" (the job is no longer ours: nothing to write). Commits."""
+        running = self.running.pop(job_id)
+        running.handle.kill()
+        job = hold_if_ours(session, job_id, running.token) if then != "release" else None
+        status = "not ours"
+        if job is not None and then == "cancel":
+            finish_cancelled(session, job)
+            status = job.status
+        elif job is not None:
+            status = requeue_or_fail(session, job, f"its worker {reason}")
+        session.commit()
+        log.warning("job %s: worker %s %s; killed it; job now %s", job_id, running.handle, reason, status)
 
     def _launch(self, session) -> None:
         free = self.settings.workers - len(self.running)
@@ -202,24 +237,30 @@ class Supervisor:
             return
         queued = session.execute(select(Job.id).where(Job.status == "queued")
                                  .order_by(Job.created_at).limit(free)).scalars().all()
+        session.commit()
         for job_id in queued:
             token = f"{self.identity}/{uuid.uuid4().hex[:8]}"
             if not claim(session, job_id, lease_owner=token, lease_seconds=self.settings.lease_seconds):
                 continue
             job = session.get(Job, job_id, populate_existing=True)
+            session.commit()  # no transaction open while the worker starts (a Ray call may take a while)
             try:
                 handle = self._spawn(job, token)
             except Exception as exc:  # no worker could be started (Ray unreachable, no processes left):
                 # not the job's fault, so its attempt is given back; launching pauses for a while
                 log.warning("job %s: no worker could be started (%s: %s); retrying in %s s", job_id,
                             type(exc).__name__, exc, SPAWN_BACKOFF_SECONDS)
-                job.attempts = max(0, job.attempts - 1)
-                requeue_or_fail(session, job, f"no worker could be started ({type(exc).__name__})")
+                held = hold_if_ours(session, job_id, token)
+                if held is not None:
+                    held.attempts = max(0, held.attempts - 1)
+                    requeue_or_fail(session, held, f"no worker could be started ({type(exc).__name__})")
+                session.commit()
                 self._launch_paused_until = time.monotonic() + SPAWN_BACKOFF_SECONDS
                 return
             self.running[job_id] = _Running(handle, token)
             if handle.pid is not None:
-                job.worker_pid = handle.pid
+                session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == token)
+                                .values(worker_pid=handle.pid))
             session.commit()
             log.info("job %s (%s) started (%s)", job_id, job.kind, handle)
 
@@ -231,7 +272,7 @@ class _Process:
     """A local worker process (its own process group)."""
 
     def __init__(self, process: subprocess.Popen) -> None:
-        self.process, self.pid = process, process.pid
+        self.process, self.pid, self.started = process, process.pid, time.monotonic()
 
     def poll(self) -> Ended | None:
         code = self.process.poll()

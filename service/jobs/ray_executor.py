@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayError
-from sqlalchemy.orm import object_session
+from sqlalchemy import select
 
 from service.config import Settings
 from service.jobs.executors import Ended, Supervisor, WorkerHandle, _Running
@@ -102,11 +102,11 @@ class JobActor:
         self._lease_owner = lease_owner
         if self._outcome is None:
             os.environ.update(env)
-            from service.db import session_factory
+            from service.db import sessions_for
             from service.jobs.run import run_job
             from service.jobs.service import record_worker_pid
 
-            with session_factory(Settings().resolved_database_url)() as session:
+            with sessions_for(Settings())() as session:  # the pid first: a dispatcher can tell what to kill
                 record_worker_pid(session, job_id, lease_owner, os.getpid())
             self._outcome = run_job(job_id, lease_owner)
         return self._outcome
@@ -120,7 +120,10 @@ RemoteJobActor = ray.remote(max_restarts=0, max_task_retries=0)(JobActor)
 
 
 class _Actor:
-    """A job's actor and the reference to its `run` (or, for an adopted actor, `outcome`) call."""
+    """A job's actor and the reference to its `run` (or, for an adopted actor, `outcome`) call.
+
+    `started` is set once a node took the actor (an adopted actor: at once), so the supervisor's
+    `worker_start_timeout` counts from there, not from a wait for a free GPU."""
 
     pid = None
 
@@ -128,16 +131,18 @@ class _Actor:
         self.actor, self.ref, self.name, self.start_timeout = actor, ref, name, start_timeout
         self.ready = actor.__ray_ready__.remote() if start_timeout is not None else None
         self.created = time.monotonic()
+        self.started = self.created if self.ready is None else None
 
     def poll(self) -> Ended | None:
         ready, _ = ray.wait([self.ref], timeout=0)
         if not ready:
-            if self.ready is not None and time.monotonic() - self.created > self.start_timeout:
-                if not ray.wait([self.ready], timeout=0)[0]:
+            if self.ready is not None:
+                if ray.wait([self.ready], timeout=0)[0]:
+                    self.ready, self.started = None, time.monotonic()  # it started: no deadline on the job
+                elif time.monotonic() - self.created > self.start_timeout:
                     self.kill()
                     return Ended(f"not scheduled by Ray within {self.start_timeout:g} s (no node has the "
                                  "CPUs or GPUs it asks for)")
-                self.ready = None  # it started: no deadline on the job itself
             return None
         try:
             outcome = ray.get(self.ref)
@@ -186,31 +191,31 @@ class RayDispatcher(Supervisor):
 
     def reconcile(self) -> None:
         """Match Ray's job actors with the jobs table: adopt the actors of running jobs, kill the rest."""
-        with self._make_session() as session:
-            for name in ray.util.list_named_actors():
-                parsed = parse_actor_name(name)
-                if parsed is None:
-                    continue
-                job_id, attempt = parsed
-                if job_id in self.running:
-                    continue
-                try:
-                    actor = ray.get_actor(name, namespace=self.settings.ray_namespace)
-                except ValueError:  # died meanwhile
-                    continue
-                job = session.get(Job, job_id)
-                if (job is not None and job.status == "running" and job.attempts == attempt
-                        and (job.lease_owner or "").startswith(self.lease_prefix)):
-                    self.running[job_id] = _Running(_Actor(actor, actor.outcome.remote(), name), job.lease_owner)
-                    log.info("job %s: adopted its running actor", job_id)
-                else:
-                    kill_actor(actor, name)
-                    log.info("job %s (%s): killed its stale actor %s", job_id, job.status if job else "unknown", name)
+        ours = {name: parsed for name in ray.util.list_named_actors()
+                if (parsed := parse_actor_name(name)) is not None and parsed[0] not in self.running}
+        with self._make_session() as session:  # read, then close: no transaction across the Ray calls below
+            jobs = {job.id: job for job in session.execute(
+                select(Job).where(Job.id.in_([job_id for job_id, _ in ours.values()]))).scalars()}
+        for name, (job_id, attempt) in ours.items():
+            try:
+                actor = ray.get_actor(name, namespace=self.settings.ray_namespace)
+            except ValueError:  # died meanwhile
+                continue
+            job = jobs.get(job_id)
+            if (job is not None and job.status == "running" and job.attempts == attempt
+                    and (job.lease_owner or "").startswith(self.lease_prefix)):
+                self.running[job_id] = _Running(_Actor(actor, actor.outcome.remote(), name), job.lease_owner)
+                log.info("job %s: adopted its running actor", job_id)
+            else:
+                kill_actor(actor, name)
+                log.info("job %s (%s): killed its stale actor %s", job_id, job.status if job else "unknown", name)
 
     def _spawn(self, job: Job, token: str) -> WorkerHandle:
-        suspect = job.params.get("suspect_sha256")
-        artifact = object_session(job).get(Artifact, suspect) if suspect else None
-        suspect_bytes = artifact.size if artifact is not None else None
+        suspect, suspect_bytes = job.params.get("suspect_sha256"), None
+        if suspect:
+            with self._make_session() as session:  # closed before the Ray calls below
+                artifact = session.get(Artifact, suspect)
+                suspect_bytes = artifact.size if artifact is not None else None
         resources = job_resources(self.settings, job.kind, job.params, suspect_bytes=suspect_bytes,
                                   cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
         for earlier in range(1, job.attempts):  # an earlier attempt's actor may outlive its lease: stop it

@@ -11,10 +11,10 @@ from sqlalchemy.exc import OperationalError
 
 from service.artifacts import ArtifactStoreError, make_store
 from service.config import Settings
-from service.db import session_factory
+from service.db import sessions_for
 from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
 from service.jobs.handlers import HANDLERS, mark_domain_failed
-from service.jobs.service import finish_cancelled, hold_if_ours, renew_leases
+from service.jobs.service import beat, finish_cancelled, hold_if_ours
 from service.models import utcnow
 from verifier.errors import VerifierError
 
@@ -23,23 +23,24 @@ log = logging.getLogger("ticketguard.worker")
 
 @contextmanager
 def heartbeat(settings: Settings, job_id: str, lease_owner: str) -> Iterator[None]:
-    """Renew the job's lease from the worker itself while the body runs.
+    """Renew the job's lease from the worker itself while the body runs (every third of a lease).
 
     So a lease means "a live worker holds this job": a worker whose supervisor or dispatcher died
-    (an API process killed, a Ray driver restarted) keeps its job and finishes it, and only a dead
-    worker's job expires and is requeued."""
+    (an API process killed, a Ray driver restarted) keeps its job and finishes it, and only a dead or
+    frozen worker's lease runs out; its supervisor then kills it and requeues the job."""
     stop = threading.Event()
-    make_session = session_factory(settings.resolved_database_url)
+    make_session = sessions_for(settings)
 
-    def beat() -> None:
+    def renew() -> None:
         while not stop.wait(settings.lease_seconds / 3):
             try:
                 with make_session() as session:
-                    renew_leases(session, {job_id: lease_owner}, lease_seconds=settings.lease_seconds)
+                    if not beat(session, job_id, lease_owner, lease_seconds=settings.lease_seconds):
+                        return  # not ours any more: the body finds out at its next progress report
             except Exception as exc:  # the database is away, or anything else: try again at the next beat
                 log.warning("job %s: lease renewal failed: %s", job_id, exc)
 
-    thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
+    thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
     thread.start()
     try:
         yield
@@ -54,13 +55,14 @@ TRANSIENT_OUTCOMES = frozenset({"database_unavailable", "artifact_store_unavaila
 
 def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
     """Run the job if we hold its lease; write the outcome in one transaction. Returns the status."""
-    make_session = session_factory(settings.resolved_database_url)
+    make_session = sessions_for(settings)
     with make_session() as session:
         job = hold_if_ours(session, job_id, lease_owner)
         if job is None:
             return "not_owned"
         kind, params = job.kind, dict(job.params)
         session.commit()
+        beat(session, job_id, lease_owner, lease_seconds=settings.lease_seconds)  # reporting for the job
     handler = HANDLERS.get(kind)
     outcome: tuple[str, object]
     try:

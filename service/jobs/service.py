@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.audit.chain import append_event
@@ -38,7 +38,7 @@ def claim(session: Session, job_id: str, *, lease_owner: str, lease_seconds: flo
         update(Job).where(Job.id == job_id, Job.status == "queued")
         .values(status="running", attempts=Job.attempts + 1, lease_owner=lease_owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds), started_at=now,
-                progress=0.0, message="started", worker_pid=None))
+                progress=0.0, message="started", worker_pid=None, heartbeat_at=None))
     session.commit()
     return result.rowcount == 1
 
@@ -50,12 +50,30 @@ def record_worker_pid(session: Session, job_id: str, lease_owner: str, pid: int)
     session.commit()
 
 
+def beat(session: Session, job_id: str, lease_owner: str, *, lease_seconds: float) -> bool:
+    """The worker's own report: extend its lease and stamp its heartbeat. False once the job is not ours
+    (finished, cancelled, or requeued and claimed by another attempt). Commits."""
+    now = utcnow()
+    updated = session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == lease_owner,
+                                                Job.status == "running")
+                              .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now))
+    session.commit()
+    return updated.rowcount == 1
+
+
 def renew_leases(session: Session, leases: dict[str, str], *, lease_seconds: float) -> None:
-    """Extend the leases we hold ({job_id: lease token}). Commits."""
-    expires = utcnow() + timedelta(seconds=lease_seconds)
-    for job_id, token in leases.items():
-        session.execute(update(Job).where(Job.id == job_id, Job.lease_owner == token,
-                                          Job.status == "running").values(lease_expires_at=expires))
+    """Extend the leases we hold ({job_id: lease token}) whose worker has not reported yet: a process
+    still starting, an actor waiting for a node. A worker that reports renews its own lease, so a worker
+    that froze lets its lease run out. Rows another transaction holds are skipped (PostgreSQL), not
+    waited for: a frozen holder never stalls the supervisor. Commits."""
+    if not leases:
+        return
+    ours = or_(*(and_(Job.id == job_id, Job.lease_owner == token) for job_id, token in leases.items()))
+    free = select(Job.id).where(ours, Job.status == "running", Job.heartbeat_at.is_(None)).with_for_update(
+        skip_locked=True)
+    session.execute(update(Job).where(Job.id.in_(free))
+                    .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)),
+                    execution_options={"synchronize_session": False})
     session.commit()
 
 
@@ -73,16 +91,20 @@ def requeue_or_fail(session: Session, job: Job, reason: str) -> str:
     return job.status
 
 
-def hold_if_ours(session: Session, job_id: str, lease_owner: str, *, expired_before=None) -> Job | None:
+def hold_if_ours(session: Session, job_id: str, lease_owner: str, *, expired_before=None,
+                 skip_locked: bool = False) -> Job | None:
     """The job, with its row locked until the caller commits, if it is still `running` under `lease_owner`
     (and, with `expired_before`, its lease ran out before then); else None.
 
     A compare-and-set every outcome write goes through: the conditional no-op UPDATE takes the row's
     write lock on PostgreSQL and the database's on SQLite, so nobody can requeue, cancel, finish or
-    re-claim the job between this check and the caller's commit."""
+    re-claim the job between this check and the caller's commit. With `skip_locked`, a row another
+    transaction holds counts as not ours (PostgreSQL): a sweep passes it by rather than wait on it."""
     condition = [Job.id == job_id, Job.status == "running", Job.lease_owner == lease_owner]
     if expired_before is not None:
         condition.append(or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < expired_before))
+    if skip_locked:
+        condition.append(Job.id.in_(select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True)))
     if session.execute(update(Job).where(*condition).values(lease_owner=lease_owner)).rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
@@ -97,7 +119,8 @@ def requeue_expired(session: Session) -> list[str]:
     session.commit()
     ids = []
     for job_id, lease_owner in expired:
-        job = hold_if_ours(session, job_id, lease_owner, expired_before=now)  # not renewed, taken or finished since
+        # not renewed, taken or finished since; held by a transaction: next time
+        job = hold_if_ours(session, job_id, lease_owner, expired_before=now, skip_locked=True)
         if job is None:
             session.commit()
             continue

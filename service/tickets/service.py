@@ -14,7 +14,7 @@ from service.artifact_records import record_artifact
 from service.artifacts import ArtifactStore, Staged
 from service.audit.chain import append_event
 from service.datasets.catalog import DatasetRef
-from service.db import session_factory
+from service.db import sessions_for
 from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
@@ -88,7 +88,7 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
     model_sha, model_size = store_weights(ctx.store, weights)
     mask_sha, mask_size = store_mask(ctx.store, mask)
     references, trigger_set = [], None  # a QR ticket is judged by its code, not by the aligned topology test
-    with session_factory(ctx.settings.resolved_database_url)() as session:
+    with sessions_for(ctx.settings)() as session:
         if embedded is not None:
             artifact_sha, artifact_size = save_triggers(ctx.store, embedded.triggers)
             trigger_set = {"artifact_sha256": artifact_sha, "artifact_size": artifact_size,

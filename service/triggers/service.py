@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from service.artifacts import ArtifactStore
 from service.datasets.catalog import DatasetRef, load
 from service.datasets.npz import read_arrays, validate_inputs, validate_labels
+from service.db import release
 from service.errors import APIError, not_found
 from service.jobs.context import JobContext
 from service.models import Owner, Ticket, TriggerSet
@@ -133,7 +134,7 @@ def trigger_references(session: Session, store: ArtifactStore, *, ticket_id: str
     and dataset) answering its triggers: the empirical null. Models are run on the worker's CPU."""
     references = reference_tickets(session, ticket_id=ticket_id, model_sha256=model_sha256, arch=arch,
                                    dataset=dataset.name, density=None, limit=limit)
-    session.expunge_all()
+    release(session)  # no transaction held while the references are measured
     values = []
     for reference in references:
         model = build_model(arch, *dataset.spec)

@@ -14,7 +14,7 @@ import torch
 from sqlalchemy import select
 
 from service.datasets.catalog import DatasetRef, load, resolve_dataset
-from service.db import session_factory
+from service.db import sessions_for
 from service.jobs.context import JobContext
 from service.modelfiles import ParsedModel, fit_to_template
 from service.models import Ticket, TriggerSet
@@ -46,7 +46,7 @@ class Candidate:
 def trigger_candidates(ctx: JobContext, ticket_ids: list[str] | None) -> list[Candidate]:
     """The registered tickets with a trigger set (only `ticket_ids`, if given), oldest first, with their
     dataset's shape and the empirical null's reference matches."""
-    with session_factory(ctx.settings.resolved_database_url)() as session:
+    with sessions_for(ctx.settings)() as session:
         query = (select(Ticket, TriggerSet).join(TriggerSet, TriggerSet.ticket_id == Ticket.id)
                  .where(Ticket.status == "registered").order_by(Ticket.registered_at, Ticket.id))
         if ticket_ids is not None:

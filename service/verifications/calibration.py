@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
+from service.db import release
 from service.models import Ticket, TicketReference
 from verifier.aligned import STATISTIC, aligned_overlap
 from verifier.checkpoint import read_state_dict
@@ -72,7 +73,7 @@ def calibrate_registration(session: Session, store: ArtifactStore, *, ticket_id:
         return []
     references = reference_tickets(session, ticket_id=ticket_id, model_sha256=model_sha256, arch=arch,
                                    dataset=dataset, density=overall_density(mask), limit=limit, before=before)
-    session.expunge_all()
+    release(session)  # no transaction held while the references are measured
     report = (lambda index: progress(index, len(references))) if progress is not None else None
     return measure_references(store, references, arch=arch, weights=weights, mask=mask, progress=report)
 

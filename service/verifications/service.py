@@ -13,7 +13,7 @@ from service.artifact_records import record_artifact
 from service.artifacts import ArtifactStore, Staged
 from service.audit.chain import append_event
 from service.datasets.catalog import resolve_dataset
-from service.db import session_factory
+from service.db import sessions_for
 from service.errors import APIError
 from service.jobs.context import JobContext
 from service.jobs.service import enqueue
@@ -124,7 +124,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     params, settings = ctx.params, ctx.settings
     if params.get("mode") == "black_box":
         return run_black_box(ctx)
-    with session_factory(settings.resolved_database_url)() as session:
+    with sessions_for(settings)() as session:
         entries = index_entries(session, params["ticket_id"])
         specs = {d: resolve_dataset(session, d, owner=None).spec for d in {e.dataset for e in entries}}
     weights, masks = split_masks(read_state_dict(ctx.store.path(params["suspect_sha256"])))
@@ -211,7 +211,7 @@ class Candidates:
 
 def load_candidates(settings, ids: list[str], *, both: bool) -> Candidates:
     """The tickets `ids` with their signatures, calibrations and (`both`) trigger sets."""
-    with session_factory(settings.resolved_database_url)() as session:
+    with sessions_for(settings)() as session:
         signatures = {s.ticket_id: s for s in session.execute(
             select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
         aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
