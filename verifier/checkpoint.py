@@ -92,7 +92,9 @@ def split_masks(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     """Separate `*_mask` entries (torch.nn.utils.prune form) from weights.
 
     `X.weight_orig` + `X.weight_mask` become `X.weight = orig * mask`; masks are keyed by the
-    weight name. A mask holding anything other than 0 and 1 is refused.
+    weight name. A mask holding anything other than 0 and 1 is refused. A declared mask is never
+    trusted over the weights: the mask returned is the support the weights actually use (declared
+    AND nonzero), so an all-ones mask over a ticket's weights declares nothing away.
     """
     weights, masks = {}, {}
     for name, tensor in state.items():
@@ -118,6 +120,7 @@ def split_masks(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
             raise CheckpointError(f"mask {target + MASK_SUFFIX!r} has shape {tuple(mask.shape)}, its weight "
                                   f"{tuple(weights[target].shape)}", code="shape_mismatch")
         weights[target] = weights[target] * mask
+        masks[target] = mask & (weights[target] != 0)
     return weights, masks
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,6 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     ranked, suspects, incompatible = _rank(ctx, entries, specs, weights, masks)
     shortlist = ranked[:settings.search_candidates]
     found = load_candidates(settings, [entry.ticket_id for _, entry in shortlist], both=params.get("mode") == "both")
-    seed = zlib.crc32(params["verification_id"].encode())
     best: tuple[float, Ticket, dict] | None = None
     compared = 0
     span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
@@ -140,7 +139,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
         ticket, suspect = found.tickets[entry.ticket_id], suspects[(entry.arch, entry.dataset)]
         tests = candidate_tests(ctx, found, ticket, specs[ticket.dataset], suspect.weights,
-                                suspect.mask if masks else None, seed,
+                                suspect.mask if masks else None, pair_seed(ticket.id, params["suspect_sha256"]),
                                 selection=1 if params["ticket_id"] else len(ranked))
         tests["summary_distance"] = distance
         compared += 1
@@ -260,6 +259,12 @@ def _stronger(tests: dict[str, Any], than: dict[str, Any]) -> bool:
     if valid(tests) != valid(than):
         return valid(tests)
     return tests["p_value"] < than["p_value"]
+
+
+def pair_seed(ticket_id: str, suspect_sha256: str) -> int:
+    """The permutation nulls' seed for one (ticket, suspect file) pair: the same pair always gets the same
+    p, so resubmitting a borderline suspect cannot re-roll it."""
+    return int.from_bytes(hashlib.sha256(f"{ticket_id}:{suspect_sha256}".encode()).digest()[:4], "big")
 
 
 def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tuple, suspect_weights: dict,

@@ -1,0 +1,56 @@
+"""Verdicts that hold (issue 14): findings of the adversarial review, each reproduced and pinned."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import register_ok, upload, verify_ok
+from verifier.checkpoint import read_state_dict, split_masks
+
+
+def _all_ones_prune_form(path) -> bytes:
+    """The ticket's weights in torch.nn.utils.prune form with a mask that declares every weight kept."""
+    state = load_file(str(path))
+    form = {}
+    for name, tensor in state.items():
+        if name.endswith(".weight") and tensor.dim() > 1:
+            stem = name.removesuffix(".weight")
+            form[f"{stem}.weight_orig"], form[f"{stem}.weight_mask"] = tensor.clone(), torch.ones_like(tensor)
+        else:
+            form[name] = tensor
+    buffer = io.BytesIO()
+    torch.save(form, buffer)
+    return buffer.getvalue()
+
+
+def test_a_declared_all_ones_mask_is_read_as_the_support_the_weights_use(model_files, tmp_path):
+    """Finding 1: the declared mask was taken as it is, so an all-ones mask hid the ticket's topology."""
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(_all_ones_prune_form(model_files.ticket))
+    _, masks = split_masks(read_state_dict(copy))
+    ticket = load_file(str(model_files.ticket))
+    for name, keep in masks.items():
+        assert torch.equal(keep, ticket[name] != 0), name
+
+
+def test_an_all_ones_declared_mask_over_an_unsigned_tickets_weights_is_a_match(client, alice, model_files):
+    ticket = register_ok(client, alice.headers, model_files.ticket)
+    result = verify_ok(client, alice.headers, _all_ones_prune_form(model_files.ticket), ticket_id=ticket["id"])
+    assert result["verdict"] == "match", result
+
+
+def test_the_same_suspect_against_the_same_ticket_always_gets_the_same_p(client, alice, model_files):
+    """Finding 7: the permutation seed came from the verification's id, so a borderline suspect could be
+    resubmitted until it matched. The seed is now the (ticket, suspect file) pair's."""
+    ticket = register_ok(client, alice.headers, model_files.ticket)
+    seen = set()  # (p, z): z comes from the permutations drawn, so another seed moves it
+    for _ in range(3):
+        response = upload(client, "/v1/verifications", model_files.independent, alice.headers, ticket_id=ticket["id"])
+        assert response.status_code == 202, response.text
+        result = client.get(f"/v1/verifications/{response.json()['id']}", headers=alice.headers).json()
+        topology = result["evidence"]["topology"]
+        seen.add((topology["p_value"], topology["z"]))
+    assert len(seen) == 1, seen
