@@ -54,3 +54,36 @@ def test_the_same_suspect_against_the_same_ticket_always_gets_the_same_p(client,
         topology = result["evidence"]["topology"]
         seen.add((topology["p_value"], topology["z"]))
     assert len(seen) == 1, seen
+
+
+def _saved(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_a_copy_saved_from_a_wrapper_is_read_and_matched_targeted_and_in_a_search(client, alice, model_files):
+    """Finding 3: a state dict saved from nn.DataParallel (`module.` on every name) was refused for a
+    targeted verification and answered `no_match` in a search. Wrapper prefixes and nestings are read."""
+    ticket = register_ok(client, alice.headers, model_files.ticket)
+    stolen = load_file(str(model_files.stolen))
+    for shipped in (_saved({f"module.{name}": tensor for name, tensor in stolen.items()}),
+                    _saved({"epoch": torch.tensor(3), "model": {f"model.{n}": t for n, t in stolen.items()}})):
+        targeted = verify_ok(client, alice.headers, shipped, ticket_id=ticket["id"])
+        searched = verify_ok(client, alice.headers, shipped)
+        assert targeted["verdict"] == searched["verdict"] == "match", (targeted, searched)
+        assert searched["ticket_id"] == ticket["id"]
+
+
+def test_a_search_over_a_file_that_fits_no_ticket_is_refused_not_answered(client, alice, model_files):
+    """A search must read the file it judges: names that fit no registered architecture are a 422 naming
+    what was found, never a `no_match` verdict in the audit log."""
+    from tests.helpers import assert_json_error
+
+    register_ok(client, alice.headers, model_files.ticket)
+    stolen = load_file(str(model_files.stolen))
+    renamed = _saved({f"layer{index}": tensor for index, tensor in enumerate(stolen.values())})
+    error = assert_json_error(upload(client, "/v1/verifications", renamed, alice.headers), 422, "model_fits_no_ticket")
+    assert "layer0" in error["message"] and "lenet300_100" in error["message"]
+    events = client.get("/v1/audit", headers=alice.headers).json()["events"]
+    assert not any(event["action"].startswith("verification") for event in events)

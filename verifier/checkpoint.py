@@ -16,6 +16,11 @@ from verifier.errors import CheckpointError
 from verifier.masks import Mask
 
 MASK_SUFFIX, ORIG_SUFFIX = "_mask", "_orig"
+# the entries a training framework nests a state dict under, and the prefixes a wrapper puts before every
+# name: nn.DataParallel / DistributedDataParallel (`module.`), Lightning and friends (`model.`),
+# torch.compile (`_orig_mod.`)
+NESTING_KEYS = ("state_dict", "model", "model_state_dict")
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -44,7 +49,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or a PyTorch file; never executes code from the file.
 
     The format is detected from the content. PyTorch files are loaded only with
-    `torch.load(weights_only=True)`. A dict with a "state_dict" entry is unwrapped.
+    `torch.load(weights_only=True)`. A state dict nested under "state_dict", "model" or
+    "model_state_dict" is unwrapped, and a wrapper's prefix on every name ("module.", "model.",
+    "_orig_mod.") is removed, as a thief's framework ships them.
     """
     path = Path(path)
     try:
@@ -60,8 +67,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"not a readable model file (safetensors, or a PyTorch state dict "
                               f"loadable with weights_only=True): {_first_line(exc)}",
                               code="unreadable_model") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    state = _unwrapped(state)
     if not isinstance(state, dict) or not state:
         raise CheckpointError("the file does not hold a non-empty mapping of tensor names to tensors",
                               code="unreadable_model")
@@ -72,7 +78,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if kind:
             raise CheckpointError(f"tensor {name[:100]!r} is {kind}; only dense (strided) CPU tensors are "
                                   "accepted", code="unreadable_model")
-    return dict(state)
+    return strip_wrapper_prefixes(dict(state))
+
+
+def _unwrapped(state: object) -> object:
+    """The state dict inside a training checkpoint's nesting (one level per known key, at most three)."""
+    for _ in range(3):
+        if not isinstance(state, dict):
+            break
+        nested = next((state[key] for key in NESTING_KEYS if isinstance(state.get(key), dict)), None)
+        if nested is None:
+            break
+        state = nested
+    return state
+
+
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a wrapper's prefix while every name carries it (`module.model.fc1.weight` -> `fc1.weight`)."""
+    while True:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(name.startswith(p) for name in state)), None)
+        if prefix is None or any(name == prefix for name in state):
+            return state
+        state = {name[len(prefix):]: tensor for name, tensor in state.items()}
 
 
 def _unsupported_kind(tensor: torch.Tensor) -> str | None:

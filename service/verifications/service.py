@@ -15,7 +15,7 @@ from service.audit.chain import append_event
 from service.datasets.catalog import resolve_dataset
 from service.db import sessions_for
 from service.errors import APIError
-from service.jobs.context import JobContext
+from service.jobs.context import JobContext, JobFailed
 from service.jobs.service import enqueue
 from service.locks.service import key_check_params, run_key_check
 from service.modelfiles import ParsedModel, fit_to_template, parse_for_arch
@@ -83,7 +83,7 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
             spec = resolve_dataset(session, ticket.dataset, owner=None).spec
             parse_for_arch(upload.path, arch=ticket.arch, spec=spec, require_sparse=False)
         else:
-            split_masks(read_state_dict(upload.path))
+            check_fits_a_registered_ticket(session, *split_masks(read_state_dict(upload.path)))
         suspect_sha256 = store.keep(upload)
         record_artifact(session, sha256=suspect_sha256, size=upload.size, kind="suspect")
     elif source == "answers":
@@ -157,9 +157,8 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     thresholds = {"match_alpha": settings.match_alpha, "inconclusive_alpha": settings.inconclusive_alpha}
     evidence: dict[str, Any] = {"candidates_compatible": len(ranked), "candidates_compared": compared,
                                 "incompatible_tickets": incompatible, "thresholds": thresholds}
-    if best is None:
-        evidence["reason"] = "no registered ticket has an architecture the suspect fits"
-        return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
+    if best is None:  # checked at submission; the tickets it fitted were withdrawn since
+        raise JobFailed("the suspect fits no registered ticket's architecture: nothing was compared")
     raw_p, ticket, tests = best
     decided, p_value, decided_by = decide(settings, tests, compared)
     qr = tests.get("qr")
@@ -223,6 +222,30 @@ def load_candidates(settings, ids: list[str], *, both: bool) -> Candidates:
             found.trigger_references = stored_references(session, list(found.trigger_sets), kind=TRIGGER_MATCHES)
         session.expunge_all()
     return found
+
+
+def check_fits_a_registered_ticket(session: Session, weights: dict, masks: dict) -> None:
+    """422 unless the suspect's tensors fit the architecture of at least one registered ticket: a search
+    must read the file it judges, never answer `no_match` about a file that fits nothing."""
+    kinds = session.execute(select(Ticket.arch, Ticket.dataset).where(Ticket.status == "registered")
+                            .distinct()).all()
+    problems = []
+    for arch, dataset in kinds:
+        spec = resolve_dataset(session, dataset, owner=None).spec
+        try:
+            fit_to_template(weights, masks, template=build_model(arch, *spec).state_dict(), arch=arch, spec=spec,
+                            require_sparse=False)
+            return
+        except VerifierError as exc:
+            problems.append(f"{arch}/{dataset}: {exc}")
+    found = ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in list(weights.items())[:4])
+    if not problems:
+        raise APIError(422, "no_registered_tickets", "no ticket is registered yet, so a search has nothing to "
+                                                     "compare the suspect with")
+    raise APIError(422, "model_fits_no_ticket",
+                   f"the suspect fits no registered ticket's architecture (its tensors: {found}, ...); "
+                   f"{'; '.join(problems[:3])}. Rename its tensors to the architecture's parameter names "
+                   "(a `module.` or `model.` prefix on every name is removed by itself) or name `ticket_id`")
 
 
 def _rank(ctx: JobContext, entries: list[IndexEntry], specs: dict[str, Any], weights: dict,
