@@ -87,3 +87,26 @@ def test_a_search_over_a_file_that_fits_no_ticket_is_refused_not_answered(client
     assert "layer0" in error["message"] and "lenet300_100" in error["message"]
     events = client.get("/v1/audit", headers=alice.headers).json()["events"]
     assert not any(event["action"].startswith("verification") for event in events)
+
+
+def test_a_verdict_on_answers_the_owner_uploaded_says_the_owner_attests_them(client, alice, model_files):
+    """Finding 5: an owner could upload the trigger set's own labels as a suspect's `answers` and get
+    `match` at p 1e-100, with nothing saying where the answers came from."""
+    import json
+
+    from tests.test_black_box import TRIGGERS, _trigger_set, _verify
+
+    ticket = register_ok(client, alice.headers, model_files.ticket, **TRIGGERS)
+    labels = _trigger_set(client, alice.headers, ticket["id"])["y"].tolist()
+    claimed = _verify(client, alice.headers, ticket_id=ticket["id"],
+                      files={"answers": ("a.json", json.dumps({"labels": labels}).encode())})
+    assert claimed["verdict"] == "match"
+    assert claimed["attested_by"] == claimed["evidence"]["attested_by"] == "owner"
+    registered = client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content
+    observed = _verify(client, alice.headers, ticket_id=ticket["id"], mode="black_box",
+                       files={"model": ("m", registered)})
+    assert observed["attested_by"] == observed["evidence"]["attested_by"] == "observed"
+    events = {e["subject"]: e for e in client.get("/v1/audit", headers=alice.headers).json()["events"]
+              if e["action"] == "verification.completed"}
+    assert events[f"verification:{claimed['id']}"]["payload"]["attested_by"] == "owner"
+    assert events[f"verification:{observed['id']}"]["payload"]["attested_by"] == "observed"

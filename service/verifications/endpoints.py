@@ -24,6 +24,7 @@ def verification_out(session, verification: Verification) -> VerificationOut:
     owner = session.get(Owner, ticket.owner_id) if ticket else None
     return VerificationOut(
         id=verification.id, status=verification.status, mode=verification.mode, source=verification.source,
+        attested_by=service.attested_by(verification.source),
         verdict=verification.verdict,
         ticket_id=ticket_id, owner=owner.name if owner else None,
         registered_at=ticket.registered_at if ticket else None, p_value=verification.p_value,

@@ -374,8 +374,9 @@ def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_we
 def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> None:
     """In the job's final transaction: store the verdict and append it to the audit chain."""
     verification = session.get(Verification, job.params["verification_id"])
+    attested = attested_by(verification.source)
     verification.status, verification.verdict = "completed", result["verdict"]
-    verification.p_value, verification.evidence = result["p_value"], result["evidence"]
+    verification.p_value, verification.evidence = result["p_value"], result["evidence"] | {"attested_by": attested}
     verification.matched_ticket_id = result["ticket_id"] if result["verdict"] == "match" else None
     verification.completed_at = utcnow()
     requester = session.get(Owner, verification.owner_id)
@@ -383,7 +384,14 @@ def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> N
                  subject=f"verification:{verification.id}", owner_id=verification.owner_id,
                  ticket_id=verification.matched_ticket_id or verification.requested_ticket_id,
                  payload={"verdict": result["verdict"], "p_value": result["p_value"],
-                          "matched_ticket_id": verification.matched_ticket_id})
+                          "matched_ticket_id": verification.matched_ticket_id, "attested_by": attested})
+
+
+def attested_by(source: str) -> str:
+    """Who vouches for what the verdict rests on: `owner` for answers the ticket's owner gathered and
+    uploaded (the service never saw the suspect answer them), `observed` for what the service collected
+    itself (an uploaded model it ran, an endpoint it queried)."""
+    return "owner" if source == "answers" else "observed"
 
 
 def visible_verification(session: Session, *, owner: Owner, verification_id: str) -> Verification:
