@@ -135,6 +135,7 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
             calibrated = select(TicketReference.ticket_id).where(TicketReference.kind == STATISTIC)
             query = query.where(Ticket.id.not_in(calibrated))
         todo = list(session.execute(query.order_by(Ticket.registered_at)).scalars())
+        session.commit()  # end the read: the weights are read (perhaps from S3) outside any transaction
         missing = set(tickets or []) - {t.id for t in todo}
         if missing:
             console.print(f"[red]not a registered unsigned ticket: {', '.join(sorted(missing))}[/red]")

@@ -83,9 +83,11 @@ def get_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:
     # pre-ping: a connection that died with a database restart (or was ended by the server after idling
     # in a transaction) is replaced, not handed to a request
     connect_args: dict = {}
-    if make_url(url).get_backend_name() == "postgresql":
-        connect_args["options"] = timeouts.postgres_options()
-        if "connect_timeout" not in make_url(url).query:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        # after the URL's own `options` (a search_path, say), which connect_args would otherwise replace
+        connect_args["options"] = " ".join(filter(None, [parsed.query.get("options"), timeouts.postgres_options()]))
+        if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT
     return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
                          connect_args=connect_args)

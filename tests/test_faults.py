@@ -260,7 +260,8 @@ def test_a_burst_of_requests_beyond_the_pool_is_served(settings, alice, monkeypa
     # requests holding connections while they waited for a thread, and threads waiting for connections,
     # starved the pool until its timeout: 80 of 150 concurrent GETs answered 500 after 30 s. A short
     # pool timeout makes a starved pool show here at once
-    monkeypatch.setattr(get_engine(settings.resolved_database_url).pool, "_timeout", 2.0)
+    monkeypatch.setattr(get_engine(settings.resolved_database_url, settings.db_timeouts(requests=True)).pool,
+                        "_timeout", 2.0)
     with EmbeddedServer(create_app(settings), port := free_port()), httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers=alice.headers, timeout=120,
             limits=httpx.Limits(max_connections=BURST)) as client:
@@ -276,7 +277,7 @@ def test_a_burst_of_requests_beyond_the_pool_is_served(settings, alice, monkeypa
 
 
 def test_a_pool_with_no_free_connection_answers_503_not_500(settings, alice, client, model_files, monkeypatch):
-    engine = get_engine(settings.resolved_database_url)
+    engine = get_engine(settings.resolved_database_url, settings.db_timeouts(requests=True))  # the requests' pool
     monkeypatch.setattr(engine.pool, "_timeout", 0.5)
     held = [engine.connect() for _ in range(POOL_SIZE + MAX_OVERFLOW)]  # something holds every connection
     try:

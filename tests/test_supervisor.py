@@ -156,7 +156,7 @@ def _supervising(settings, job_id: str, token: str, handle) -> LocalSupervisor:
 
 def test_a_worker_that_stops_renewing_its_lease_is_killed_and_its_job_requeued(settings, alice):
     job_id = _running_job(settings, alice.id, "A/1", expired=False)
-    _reported(settings, job_id, seconds_ago=40, lease_left=-5)  # reported once, then went silent
+    _reported(settings, job_id, seconds_ago=50, lease_left=-15)  # silent past its lease and a beat of slack
     frozen = _Frozen(started=0.0)
     supervisor = _supervising(settings, job_id, "A/1", frozen)
     supervisor.tick()
@@ -238,3 +238,65 @@ def test_the_supervisor_never_waits_on_a_row_a_frozen_transaction_holds(settings
     supervisor.tick()
     with session_factory(settings.resolved_database_url)() as session:
         assert session.get(Job, held_expired).status == "queued"
+
+
+def test_after_a_database_outage_workers_get_a_lease_to_renew_before_they_count_as_frozen(settings, alice):
+    """During an outage no worker can renew its lease; the first tick after it must not take every
+    running worker for frozen."""
+    import time
+
+    job_id = _running_job(settings, alice.id, "A/1", expired=False)
+    _reported(settings, job_id, seconds_ago=90, lease_left=-60)  # the outage: no renewal for a minute
+    alive = _Frozen(started=0.0)
+    supervisor = _supervising(settings, job_id, "A/1", alive)
+    supervisor._db_since = None  # as run_forever leaves it after a tick met the outage
+    supervisor.tick()
+    assert not alive.killed and job_row_status(settings, job_id) == "running"
+    supervisor._db_since = time.monotonic() - settings.lease_seconds - 1  # a lease later, still silent
+    supervisor.tick()
+    assert alive.killed and job_row_status(settings, job_id) == "queued"
+
+
+def job_row_status(settings, job_id: str) -> str:
+    with session_factory(settings.resolved_database_url)() as session:
+        return session.get(Job, job_id).status
+
+
+def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_requeued(settings, alice):
+    """A cancel whose write was lost with the worker (killed first, then the database timed out) must
+    not let the job run again when its lease expires."""
+    from service.jobs.service import requeue_expired
+
+    job_id = _running_job(settings, alice.id, "dead/1", expired=True)
+    with session_factory(settings.resolved_database_url)() as session:
+        session.get(Job, job_id).cancel_requested = True
+        session.commit()
+        requeue_expired(session)
+    assert job_row_status(settings, job_id) == "cancelled"
+
+
+def test_a_timeout_on_the_outcome_write_is_retried_not_thrown_away(settings, alice, model_files, monkeypatch):
+    """A lock or statement timeout on the worker's final transaction used to escape: the finished work
+    was lost and an attempt counted."""
+    from sqlalchemy.exc import OperationalError
+
+    from service.jobs import runner
+    from service.jobs.service import claim
+
+    external = settings.model_copy(update={"executor": "external"})
+    with TestClient(create_app(external)) as client:
+        job_id = register(client, alice.headers, model_files.ticket).json()["job_id"]
+    with session_factory(settings.resolved_database_url)() as session:
+        assert claim(session, job_id, lease_owner="W/1", lease_seconds=30)
+    real, calls = runner.hold_if_ours, []
+
+    def times_out_once_at_the_end(session, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the outcome's compare-and-set (the first call is the start's)
+            raise OperationalError("UPDATE jobs ...", {}, Exception("canceling statement due to lock timeout"))
+        return real(session, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "hold_if_ours", times_out_once_at_the_end)
+    monkeypatch.setattr(runner, "OUTCOME_RETRIES", (0.0,))
+    assert runner.execute_job(external, job_id, "W/1") == "succeeded"
+    assert job_row_status(settings, job_id) == "succeeded" and len(calls) == 3

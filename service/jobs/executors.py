@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 
 from sqlalchemy import select, update
@@ -121,6 +122,9 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._last_renew = 0.0
         self._launch_paused_until = 0.0
+        # since when (monotonic) the database has answered every tick (-inf: no outage seen); after an
+        # outage, workers get a lease's time to renew before anyone's expired lease counts against them
+        self._db_since: float | None = float("-inf")
 
     def submit(self, job_id: str) -> None:
         self._wake.set()
@@ -156,6 +160,7 @@ class Supervisor:
             try:
                 self.tick()
             except OperationalError as exc:
+                self._db_since = None
                 log.warning("database unavailable, retrying: %s", exc.orig)
             except Exception:
                 log.exception("supervisor tick failed")
@@ -164,6 +169,8 @@ class Supervisor:
 
     def tick(self) -> None:
         """One round: reap ended workers, watch the running ones, renew, requeue, launch."""
+        if self._db_since is None:
+            self._db_since = time.monotonic()
         with self._make_session() as session:
             self._reap(session)
             self._watch(session)
@@ -171,7 +178,8 @@ class Supervisor:
                 renew_leases(session, {j: r.token for j, r in self.running.items()},
                              lease_seconds=self.settings.lease_seconds)
                 self._last_renew = time.monotonic()
-            requeue_expired(session)
+            if self._leases_count():
+                requeue_expired(session, ours=frozenset(self.running))
             if not self._stopping.is_set():
                 self._launch(session)
 
@@ -190,6 +198,11 @@ class Supervisor:
                 log.warning("job %s: worker ended (%s); now %s", job_id, ended.reason, status)
             session.commit()
 
+    def _leases_count(self) -> bool:
+        """Whether expired leases mean dead or frozen workers: not until the database has answered for
+        a whole lease (after an outage every worker's renewals failed too)."""
+        return self._db_since is not None and time.monotonic() - self._db_since >= self.settings.lease_seconds
+
     def _watch(self, session) -> None:
         """Act on the jobs table's word on each running job: cancelled, lost, frozen or never started."""
         if not self.running:
@@ -198,7 +211,9 @@ class Supervisor:
             select(Job.id, Job.status, Job.lease_owner, Job.lease_expires_at, Job.heartbeat_at,
                    Job.cancel_requested).where(Job.id.in_(list(self.running))))}
         session.commit()  # a plain read (it waits on no lock); nothing below runs inside it
-        now, clock = utcnow(), time.monotonic()
+        clock = time.monotonic()
+        # a beat is due every third of a lease: one more third of slack before a late one counts
+        overdue = utcnow() - timedelta(seconds=self.settings.lease_seconds / 3)
         for job_id, running in list(self.running.items()):
             row = rows.get(job_id)
             if row is not None and row.status in TERMINAL:
@@ -212,7 +227,7 @@ class Supervisor:
                 if started is not None and clock - started > self.settings.worker_start_timeout:
                     self._drop(session, job_id, f"did not report within {self.settings.worker_start_timeout:g} s "
                                                 "of starting")
-            elif row.lease_expires_at is not None and row.lease_expires_at < now:
+            elif self._leases_count() and row.lease_expires_at is not None and row.lease_expires_at < overdue:
                 self._drop(session, job_id, f"stopped renewing its lease (silent since "
                                             f"{row.heartbeat_at.isoformat(timespec='seconds')}; frozen?)")
 

@@ -32,16 +32,16 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# the row a job kind works for: the model and the job parameter naming it
+DOMAIN_ROWS = {REGISTER_KIND: (Ticket, "ticket_id"), VERIFY_KIND: (Verification, "verification_id"),
+               ATTACK_KIND: (AttackReport, "report_id")}
+
+
 def mark_domain_failed(session: Session, job: Job) -> None:
     """Carry a failed or cancelled job's outcome to the ticket, verification or report it was for."""
     status = "cancelled" if job.status == "cancelled" else "failed"
-    if job.kind == REGISTER_KIND:
-        row = session.get(Ticket, job.params.get("ticket_id"))
-    elif job.kind == VERIFY_KIND:
-        row = session.get(Verification, job.params.get("verification_id"))
-    elif job.kind == ATTACK_KIND:
-        row = session.get(AttackReport, job.params.get("report_id"))
-    else:
-        return
+    model, key = DOMAIN_ROWS.get(job.kind, (None, None))
+    row_id = job.params.get(key) if key else None
+    row = session.get(model, row_id) if row_id is not None else None
     if row is not None:
         row.status, row.error = status, job.error

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,13 +34,17 @@ def heartbeat(settings: Settings, job_id: str, lease_owner: str) -> Iterator[Non
     make_session = sessions_for(settings)
 
     def renew() -> None:
-        while not stop.wait(settings.lease_seconds / 3):
+        interval = settings.lease_seconds / 3
+        while not stop.wait(interval):
             try:
                 with make_session() as session:
                     if not beat(session, job_id, lease_owner, lease_seconds=settings.lease_seconds):
                         return  # not ours any more: the body finds out at its next progress report
-            except Exception as exc:  # the database is away, or anything else: try again at the next beat
+                interval = settings.lease_seconds / 3
+            except Exception as exc:  # the database is away, a lock timed out: try again soon, not a
+                # whole interval later, or one failed beat would cost the lease
                 log.warning("job %s: lease renewal failed: %s", job_id, exc)
+                interval = min(1.0, settings.lease_seconds / 10)
 
     thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
     thread.start()
@@ -68,9 +74,9 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
     try:
         if handler is None:
             raise JobFailed(f"unknown job kind {kind!r}")
-        ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
-                         store=make_store(settings))
-        with heartbeat(settings, job_id, lease_owner):
+        with heartbeat(settings, job_id, lease_owner):  # first: an object store slow to answer costs no lease
+            ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
+                             store=make_store(settings))
             ctx.progress(0.0, "running", force=True)
             outcome = ("succeeded", handler.run(ctx))
     except LeaseLost:
@@ -90,12 +96,30 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
     except Exception as exc:  # a bug: keep the worker's traceback in its log, a summary on the job
         log.exception("job %s crashed", job_id)
         outcome = ("failed", f"internal error: {type(exc).__name__}: {exc}")
-    status, value = outcome
+    for delay in OUTCOME_RETRIES:  # a lock or statement timeout must not throw the finished work away
+        try:
+            return _write_outcome(make_session, handler, job_id, lease_owner, *outcome)
+        except OperationalError as exc:
+            log.warning("job %s: writing its outcome failed (%s); retrying in %s s", job_id, exc.orig, delay)
+            time.sleep(delay)
+    try:
+        return _write_outcome(make_session, handler, job_id, lease_owner, *outcome)
+    except OperationalError as exc:
+        log.warning("job %s: database unavailable for its outcome (%s); leaving it to be retried", job_id, exc.orig)
+        return "database_unavailable"
+
+
+OUTCOME_RETRIES = (1.0, 2.0, 4.0)  # seconds before each further try of the outcome's transaction
+
+
+def _write_outcome(make_session, handler, job_id: str, lease_owner: str, status: str, value: object) -> str:
+    """The outcome in one transaction, if the job is still ours. Returns the status (or "lease_lost")."""
     with make_session() as session:
         job = hold_if_ours(session, job_id, lease_owner)
         if job is None:
             return "lease_lost"
         if status == "succeeded":
+            value = copy.deepcopy(value)  # `finish` takes server-side parts out of it; a retry needs them
             handler.finish(session, job, value)
             job.status, job.result, job.progress, job.message = "succeeded", value, 1.0, "done"
         elif status == "cancelled":

@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from service.audit.chain import append_event
@@ -78,7 +78,12 @@ def renew_leases(session: Session, leases: dict[str, str], *, lease_seconds: flo
 
 
 def requeue_or_fail(session: Session, job: Job, reason: str) -> str:
-    """A job whose worker died: queue it again, or fail it once its attempts are spent."""
+    """A job whose worker died: queue it again, or fail it once its attempts are spent; a job whose
+    cancel was asked for ends cancelled instead (never run again). Commits."""
+    if job.cancel_requested:
+        finish_cancelled(session, job)
+        session.commit()
+        return job.status
     if job.attempts >= job.max_attempts:
         job.status, job.finished_at = "failed", utcnow()
         job.error = f"{reason}; gave up after {job.attempts} attempts"
@@ -110,12 +115,13 @@ def hold_if_ours(session: Session, job_id: str, lease_owner: str, *, expired_bef
     return session.get(Job, job_id, populate_existing=True)
 
 
-def requeue_expired(session: Session) -> list[str]:
-    """Requeue (or fail) running jobs whose lease ran out: their worker died unseen."""
+def requeue_expired(session: Session, *, ours: frozenset[str] = frozenset()) -> list[str]:
+    """Requeue (or fail) running jobs whose lease ran out: their worker died, or froze, unseen. The jobs
+    in `ours` (the caller's own workers) are left to the caller, which kills the worker first."""
     now = utcnow()
     expired = session.execute(
-        select(Job.id, Job.lease_owner).where(Job.status == "running", or_(Job.lease_expires_at.is_(None),
-                                                                           Job.lease_expires_at < now))).all()
+        select(Job.id, Job.lease_owner).where(Job.status == "running", Job.id.not_in(ours) if ours else true(),
+                                              or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))).all()
     session.commit()
     ids = []
     for job_id, lease_owner in expired:

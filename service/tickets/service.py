@@ -44,6 +44,7 @@ def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore,
     """Validate the uploaded model now (422 on bad input), keep it, queue its registration. Commits.
 
     `rewind_sha256` names a found ticket whose rewind weights a QR signature revives weights from."""
+    session.commit()  # end the request's reads: no transaction idles while the upload is parsed and stored
     parse_for_arch(upload.path, arch=arch, spec=dataset.spec, require_sparse=True)
     record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="upload")
     ticket = Ticket(owner_id=owner.id, name=name, arch=arch, dataset=dataset.name,

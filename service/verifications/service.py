@@ -78,6 +78,7 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
             raise APIError(409, "no_trigger_set", f"ticket {ticket.id} was registered without a trigger set "
                                                   "(`trigger_set=true`); only white-box checks are possible")
         key_params = key_check_params(session, ticket) if key_check else None
+    session.commit()  # end the request's reads: no transaction idles while the upload is parsed and stored
     if source == "model":
         if ticket is not None:
             spec = resolve_dataset(session, ticket.dataset, owner=None).spec
@@ -157,8 +158,11 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     thresholds = {"match_alpha": settings.match_alpha, "inconclusive_alpha": settings.inconclusive_alpha}
     evidence: dict[str, Any] = {"candidates_compatible": len(ranked), "candidates_compared": compared,
                                 "incompatible_tickets": incompatible, "thresholds": thresholds}
-    if best is None:  # checked at submission; the tickets it fitted were withdrawn since
+    if best is None and incompatible:  # checked at submission; the tickets it fitted were withdrawn since
         raise JobFailed("the suspect fits no registered ticket's architecture: nothing was compared")
+    if best is None:
+        evidence["reason"] = "no ticket is registered"
+        return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
     raw_p, ticket, tests = best
     decided, p_value, decided_by = decide(settings, tests, compared)
     qr = tests.get("qr")
@@ -238,10 +242,9 @@ def check_fits_a_registered_ticket(session: Session, weights: dict, masks: dict)
             return
         except VerifierError as exc:
             problems.append(f"{arch}/{dataset}: {exc}")
-    found = ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in list(weights.items())[:4])
     if not problems:
-        raise APIError(422, "no_registered_tickets", "no ticket is registered yet, so a search has nothing to "
-                                                     "compare the suspect with")
+        return  # nothing registered: the search's answer is `no_match`, with nothing compared
+    found = ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in list(weights.items())[:4])
     raise APIError(422, "model_fits_no_ticket",
                    f"the suspect fits no registered ticket's architecture (its tensors: {found}, ...); "
                    f"{'; '.join(problems[:3])}. Rename its tensors to the architecture's parameter names "
