@@ -300,3 +300,17 @@ def test_a_timeout_on_the_outcome_write_is_retried_not_thrown_away(settings, ali
     monkeypatch.setattr(runner, "OUTCOME_RETRIES", (0.0,))
     assert runner.execute_job(external, job_id, "W/1") == "succeeded"
     assert job_row_status(settings, job_id) == "succeeded" and len(calls) == 3
+
+
+def test_a_timeout_at_the_workers_start_gives_the_job_back(settings, alice, model_files, monkeypatch):
+    """A lock or statement timeout on the worker's first statement used to crash it (exit 1, an attempt
+    spent); it is the database's trouble, not the job's: exit as transient, the attempt given back."""
+    from sqlalchemy.exc import OperationalError
+
+    from service.jobs import runner
+
+    def times_out(*args, **kwargs):
+        raise OperationalError("UPDATE jobs ...", {}, Exception("canceling statement due to lock timeout"))
+
+    monkeypatch.setattr(runner, "hold_if_ours", times_out)
+    assert runner.execute_job(settings, "any-job", "W/1") == "database_unavailable"

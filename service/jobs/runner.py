@@ -62,13 +62,17 @@ TRANSIENT_OUTCOMES = frozenset({"database_unavailable", "artifact_store_unavaila
 def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
     """Run the job if we hold its lease; write the outcome in one transaction. Returns the status."""
     make_session = sessions_for(settings)
-    with make_session() as session:
-        job = hold_if_ours(session, job_id, lease_owner)
-        if job is None:
-            return "not_owned"
-        kind, params = job.kind, dict(job.params)
-        session.commit()
-        beat(session, job_id, lease_owner, lease_seconds=settings.lease_seconds)  # reporting for the job
+    try:
+        with make_session() as session:
+            job = hold_if_ours(session, job_id, lease_owner)
+            if job is None:
+                return "not_owned"
+            kind, params = job.kind, dict(job.params)
+            session.commit()
+            beat(session, job_id, lease_owner, lease_seconds=settings.lease_seconds)  # reporting for the job
+    except OperationalError as exc:  # the database is away or the row stayed locked: not the job's fault
+        log.warning("job %s: database unavailable at start (%s); leaving it to be retried", job_id, exc.orig)
+        return "database_unavailable"
     handler = HANDLERS.get(kind)
     outcome: tuple[str, object]
     try:
