@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -69,10 +70,16 @@ def freeze_next_statement_on(url: str, job_id: str, *, timeout: float = 120.0) -
     return Frozen(pid, backend, query)
 
 
-def thaw(pid: int) -> None:
-    """Let a stopped process go on (if it still exists), so nothing is left stopped after a test."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
+@contextlib.contextmanager
+def frozen_worker(url: str, job_id: str) -> Iterator[Frozen]:
+    """`freeze_next_statement_on`, and the process let go on afterwards (if it still exists), so nothing
+    is left stopped after a test."""
+    frozen = freeze_next_statement_on(url, job_id)
+    try:
+        yield frozen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen.pid, signal.SIGCONT)
 
 
 def backend_alive(url: str, backend: int) -> bool:

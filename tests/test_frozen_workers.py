@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.freezing import backend_alive, freeze_next_statement_on, thaw
+from tests.freezing import backend_alive, frozen_worker
 from tests.helpers import job_row, process_alive, register, wait_for
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -39,8 +39,7 @@ def test_cancel_of_a_worker_frozen_in_its_first_transaction_answers_and_the_rest
     with TestClient(create_app(settings)) as client:
         frozen_job = _long_registration(client, alice.headers, model_files.ticket)
         wait_for(lambda: job_row(settings, frozen_job["job_id"]).worker_pid, "the worker to be started")
-        frozen = freeze_next_statement_on(settings.resolved_database_url, frozen_job["job_id"])
-        try:
+        with frozen_worker(settings.resolved_database_url, frozen_job["job_id"]) as frozen:
             assert "UPDATE jobs" in frozen.query
             other = register(client, alice.headers, model_files.independent).json()  # another job meanwhile
             started = time.monotonic()
@@ -52,8 +51,6 @@ def test_cancel_of_a_worker_frozen_in_its_first_transaction_answers_and_the_rest
             wait_for(lambda: not process_alive(frozen.pid), "the frozen worker to be killed")
             assert not backend_alive(settings.resolved_database_url, frozen.backend)
             wait_for(lambda: job_row(settings, other["job_id"]).status == "succeeded", "the other job")
-        finally:
-            thaw(frozen.pid)
         ticket = client.get(f"/v1/tickets/{frozen_job['id']}", headers=alice.headers).json()
         assert ticket["status"] == "cancelled"
 
@@ -63,13 +60,10 @@ def test_a_worker_frozen_mid_job_is_killed_and_its_job_rerun(frozen_settings, al
     with TestClient(create_app(settings)) as client:
         submitted = _long_registration(client, alice.headers, model_files.ticket)
         wait_for(lambda: job_row(settings, submitted["job_id"]).heartbeat_at, "the worker to report")
-        frozen = freeze_next_statement_on(settings.resolved_database_url, submitted["job_id"])
-        try:
+        with frozen_worker(settings.resolved_database_url, submitted["job_id"]) as frozen:
             job = wait_for(lambda: (j := job_row(settings, submitted["job_id"])).status == "succeeded" and j,
                            "the job's second attempt to succeed")
             assert not process_alive(frozen.pid)
-        finally:
-            thaw(frozen.pid)
         assert job.attempts == 2 and job.worker_pid != frozen.pid
         ticket = client.get(f"/v1/tickets/{submitted['id']}", headers=alice.headers).json()
         assert ticket["status"] == "registered"

@@ -29,7 +29,7 @@ from service.config import Settings
 from service.db import session_factory
 from service.jobs.ray_executor import RayDispatcher, RemoteJobActor, job_resources, wants_gpu
 from service.models import AuditEvent, Job
-from tests.freezing import freeze_next_statement_on, thaw
+from tests.freezing import frozen_worker
 from tests.helpers import job_row, process_alive, register, upload, wait_for
 
 ray = pytest.importorskip("ray")  # a dev dependency: installed by the README's test command
@@ -395,8 +395,7 @@ def test_cancel_of_a_ray_worker_frozen_mid_transaction_answers_and_the_rest_runs
         submitted = _qr_registration(client, alice.headers, model_files.ticket)
         wait_for(lambda: (job_row(settings, submitted["job_id"]).lease_owner or "").startswith("ray:"),
                  "the dispatcher's claim")
-        frozen = freeze_next_statement_on(settings.resolved_database_url, submitted["job_id"])
-        try:
+        with frozen_worker(settings.resolved_database_url, submitted["job_id"]) as frozen:
             other = register(client, alice.headers, model_files.independent).json()
             started = time.monotonic()
             cancelled = client.post(f"/v1/jobs/{submitted['job_id']}/cancel", headers=alice.headers)
@@ -405,8 +404,6 @@ def test_cancel_of_a_ray_worker_frozen_mid_transaction_answers_and_the_rest_runs
             wait_for(lambda: job_row(settings, submitted["job_id"]).status == "cancelled", "cancellation")
             wait_for(lambda: not process_alive(frozen.pid), "the frozen actor's process to be gone")
             wait_for(lambda: job_row(settings, other["job_id"]).status == "succeeded", "the other job")
-        finally:
-            thaw(frozen.pid)
 
 
 @ON_POSTGRES
@@ -415,11 +412,8 @@ def test_a_ray_worker_frozen_mid_job_is_killed_and_its_job_rerun(ray_settings, a
     with TestClient(create_app(settings)) as client:
         submitted = _qr_registration(client, alice.headers, model_files.ticket)
         wait_for(lambda: job_row(settings, submitted["job_id"]).heartbeat_at, "the actor to report")
-        frozen = freeze_next_statement_on(settings.resolved_database_url, submitted["job_id"])
-        try:
+        with frozen_worker(settings.resolved_database_url, submitted["job_id"]) as frozen:
             job = wait_for(lambda: (j := job_row(settings, submitted["job_id"])).status == "succeeded" and j,
                            "the job's second attempt to succeed")
             wait_for(lambda: not process_alive(frozen.pid), "the frozen actor's process to be gone")
-        finally:
-            thaw(frozen.pid)
     assert job.attempts == 2 and job.worker_pid != frozen.pid
