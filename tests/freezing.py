@@ -50,20 +50,25 @@ def freeze_next_statement_on(url: str, job_id: str, *, timeout: float = 120.0) -
             holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
             def waiting_worker():
-                for backend, port, query in observer.execute(text(
-                        "SELECT pid, client_port, query FROM pg_stat_activity "
+                for backend, port in observer.execute(text(
+                        "SELECT pid, client_port FROM pg_stat_activity "
                         "WHERE :holder = ANY(pg_blocking_pids(pid))"), {"holder": holder_pid}):
                     pid = _client_pid(port)
                     if pid is not None and pid != os.getpid():  # not the supervisor in this process
-                        return backend, pid, query
+                        return backend, pid
                 return None
 
-            backend, pid, query = wait_for(waiting_worker, "a worker's statement on the job's row", timeout=timeout)
+            backend, pid = wait_for(waiting_worker, "a worker's statement on the job's row", timeout=timeout)
             os.kill(pid, signal.SIGSTOP)
             holder.rollback()  # the worker's statement goes through; its commit never comes
-            wait_for(lambda: observer.execute(text("SELECT state FROM pg_stat_activity WHERE pid = :b"),
-                                              {"b": backend}).scalar() == "idle in transaction",
-                     "the frozen worker's session to sit idle in its transaction", timeout=timeout)
+
+            def idle_in_transaction():  # then its last statement is the one that took the row
+                row = observer.execute(text("SELECT state, query FROM pg_stat_activity WHERE pid = :b"),
+                                       {"b": backend}).first()
+                return row.query if row is not None and row.state == "idle in transaction" else None
+
+            query = wait_for(idle_in_transaction, "the frozen worker's session to sit idle in its transaction",
+                             timeout=timeout)
     finally:
         engine.dispose()
         watcher.dispose()
