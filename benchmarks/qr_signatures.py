@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verifier.attacks import fine_tune, permute_hidden_units, prune_further  # noqa: E402
+from verifier.attacks import fine_tune, permute_hidden_units, prune_further, reparametrise  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
 from verifier.masks import Mask, apply_mask, global_magnitude_prune, mask_from_weights  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
@@ -72,7 +72,9 @@ def attacks(arch, data, signed_state, mask, seed):
     permuted = permute_hidden_units(arch, signed_state, seed)
     names = {"lenet300_100": "hidden units permuted", "conv4": "channels and hidden units permuted"}
     yield names.get(arch, "block channels permuted"), permuted
-    yield "permuted, then pruned a further 10%", pruned(0.1, permuted, mask_from_weights(permuted, list(mask)))
+    yield ("every channel permuted, every unit rescaled (1/100-100), BatchNorms folded",
+           reparametrise(arch, signed_state, seed))
+    yield "pruned a further 10%, then permuted and rescaled", reparametrise(arch, pruned(0.1), seed)
     dense = _model(arch, data, signed_state)
     train(dense, data.x_train, data.y_train, epochs=2, lr=0.01, seed=seed)  # mask dropped
     names = list(mask)

@@ -113,22 +113,25 @@ def migrate() -> None:
 def calibrate(tickets: Annotated[list[str] | None, typer.Option(
         "--ticket", help="Only this ticket (repeatable); it is measured again even if it has references.")] = None
               ) -> None:
-    """Measure the aligned topology test's references for unsigned tickets that have none (registered
-    before calibration existed): each against the tickets registered before it, as a registration does."""
+    """Measure the aligned topology test's references for tickets that have none of the current statistic
+    (registered before calibration existed, or before it changed): each against the tickets registered
+    before it, as a registration does. Then index again every ticket whose search summary is of an
+    older kind."""
     from sqlalchemy import select
 
     from service.app import prepare_database
     from service.artifacts import make_store
     from service.db import sessions_for
-    from service.models import Ticket, TicketReference
+    from service.models import Ticket, TicketReference, TicketSummary
     from service.verifications.calibration import recalibrate
+    from service.verifications.search import SUMMARY_KIND, reindex
     from verifier.aligned import STATISTIC
 
     settings = get_settings()
     prepare_database(settings)
     store = make_store(settings)
     with sessions_for(settings)() as session:
-        query = select(Ticket).where(Ticket.status == "registered", Ticket.signature != "qr")
+        query = select(Ticket).where(Ticket.status == "registered")
         if tickets:
             query = query.where(Ticket.id.in_(tickets))
         else:
@@ -138,13 +141,19 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
         session.commit()  # end the read: the weights are read (perhaps from S3) outside any transaction
         missing = set(tickets or []) - {t.id for t in todo}
         if missing:
-            console.print(f"[red]not a registered unsigned ticket: {', '.join(sorted(missing))}[/red]")
+            console.print(f"[red]not a registered ticket: {', '.join(sorted(missing))}[/red]")
             raise typer.Exit(1)
         for index, ticket in enumerate(todo, start=1):
             count = recalibrate(session, store, ticket, limit=settings.topology_references)
             console.print(f"{index}/{len(todo)} ticket {ticket.id} ({ticket.arch}, {ticket.dataset}): "
                           f"{count} reference(s)")
-    console.print(f"calibrated {len(todo)} ticket(s)")
+        current = select(TicketSummary.ticket_id).where(TicketSummary.kind == SUMMARY_KIND)
+        stale = list(session.execute(select(Ticket).where(Ticket.status == "registered", Ticket.id.not_in(current))
+                                     .order_by(Ticket.registered_at)).scalars())
+        session.commit()
+        for ticket in stale:
+            reindex(session, store, ticket)
+    console.print(f"calibrated {len(todo)} ticket(s); indexed {len(stale)} ticket(s) again")
 
 
 @owners_app.command("create")

@@ -81,8 +81,8 @@ class Settings(BaseSettings):
                                      "is aligned against to calibrate its aligned topology test.")
     topology_min_references: int = Field(10, ge=2, le=200, description="References a ticket needs before "
                                          "verification runs its aligned topology test.")
-    aligned_candidates: int = Field(1, ge=0, le=1000, description="Unsigned tickets among a search's "
-                                    "shortlist (nearest first) that get the aligned topology test.")
+    aligned_candidates: int = Field(1, ge=0, le=1000, description="Tickets among a search's shortlist "
+                                    "(nearest first) that get the aligned topology test.")
     endpoint_allow_http_hosts: str = Field("", description="Comma-separated host names a remote prediction "
                                            "endpoint may be called over plain http (default: https only).")
     endpoint_allow_networks: str = Field("", description="Comma-separated networks (CIDR) an endpoint may "

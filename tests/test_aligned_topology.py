@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from typer.testing import CliRunner
 
 from service.cli import app as cli_app
 from service.config import get_settings
 from service.db import session_factory
-from service.models import TicketReference
+from service.models import TicketReference, TicketSummary
+from service.verifications.search import SUMMARY_KIND
 from tests.helpers import register_ok, verify_ok
 from verifier.attacks import permute_hidden_units
 from verifier.checkpoint import save_state_dict
@@ -106,6 +107,7 @@ def test_calibrate_command_measures_tickets_registered_without_references(client
            for i, path in enumerate(files.references[:3])]
     with session_factory(settings.resolved_database_url)() as session:
         session.execute(delete(TicketReference))  # as for tickets registered before calibration existed
+        session.execute(update(TicketSummary).values(kind="spectral-8"))  # indexed before the summary changed
         session.commit()
     monkeypatch.setenv("TICKETGUARD_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("TICKETGUARD_DATABASE_URL", settings.resolved_database_url)
@@ -115,12 +117,15 @@ def test_calibrate_command_measures_tickets_registered_without_references(client
         runner = CliRunner()
         result = runner.invoke(cli_app, ["calibrate"])
         assert result.exit_code == 0, result.output
-        assert "calibrated 3 ticket(s)" in result.output
+        assert "calibrated 3 ticket(s); indexed 3 ticket(s) again" in result.output
         with session_factory(settings.resolved_database_url)() as session:
             counts = [len(session.execute(select(TicketReference).where(TicketReference.ticket_id == i)).all())
                       for i in ids]
+            kinds = set(session.execute(select(TicketSummary.kind)).scalars())
         assert counts == [0, 1, 2]  # each against the tickets registered before it
-        assert "calibrated 1 ticket(s)" in runner.invoke(cli_app, ["calibrate"]).output  # only the one without
+        assert kinds == {SUMMARY_KIND}
+        again = runner.invoke(cli_app, ["calibrate"]).output
+        assert "calibrated 1 ticket(s); indexed 0 ticket(s) again" in again  # only the one without references
         unknown = runner.invoke(cli_app, ["calibrate", "--ticket", "nope"])
         assert unknown.exit_code == 1 and "nope" in unknown.output
     finally:

@@ -242,7 +242,8 @@ def test_a_signed_ticket_with_a_trigger_set_is_judged_by_all_its_tests(client, a
     registered = client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content
     result = _verify(client, alice.headers, ticket_id=ticket["id"], mode="both", files={"model": ("m", registered)})
     evidence = result["evidence"]
-    assert result["verdict"] == "match" and evidence["schemes"] == ["topology", "qr", "trigger_set"]
+    assert result["verdict"] == "match"
+    assert evidence["schemes"] == ["topology", "qr", "aligned_topology", "trigger_set"]  # signed, aligned too
     assert evidence["qr"]["payload_valid"]  # the trigger fine-tune kept the signed mask
     trigger = evidence["trigger_set"]
     assert trigger["calibrated"] and trigger["references"] == 10

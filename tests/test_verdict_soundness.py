@@ -110,3 +110,22 @@ def test_a_verdict_on_answers_the_owner_uploaded_says_the_owner_attests_them(cli
               if e["action"] == "verification.completed"}
     assert events[f"verification:{claimed['id']}"]["payload"]["attested_by"] == "owner"
     assert events[f"verification:{observed['id']}"]["payload"]["attested_by"] == "observed"
+
+
+def test_a_signed_tickets_copy_permuted_and_rescaled_per_unit_is_a_match(client, alice, bob, model_files):
+    """Finding 2: ReLU is positively homogeneous, so a hidden unit's incoming weights scaled by s > 0 and
+    its outgoing ones by 1/s leave the function unchanged. With factors in [1/4, 4] plus a permutation a
+    QR-signed ticket's copy scored p 0.95 (alignment matched raw weight cosines, which the factors
+    distort). Weights are now compared balanced; factors here span [1/100, 100]."""
+    from safetensors.torch import load, save
+
+    from verifier.attacks import reparametrise_checked
+
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
+    signed = load(client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content)
+    copy = save({k: v.contiguous() for k, v in
+                 reparametrise_checked("lenet300_100", signed, (1, 8, 8), 10, seed=3).items()})
+    targeted = verify_ok(client, alice.headers, copy, ticket_id=ticket["id"])
+    assert targeted["verdict"] == "match" and targeted["evidence"]["qr"]["p_value"] < 1e-6, targeted["evidence"]
+    searched = verify_ok(client, bob.headers, copy)
+    assert searched["verdict"] == "match" and searched["ticket_id"] == ticket["id"], searched["evidence"]

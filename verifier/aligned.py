@@ -30,7 +30,7 @@ from verifier.masks import Mask
 from verifier.topology import decision_p
 
 ITERATIONS = 2  # alternating row/column rounds per layer (align_layer's): enough for copies, cheap for a search
-STATISTIC = f"aligned-kappa-{ITERATIONS}"  # names the statistic that stored references hold
+STATISTIC = f"aligned-kappa-{ITERATIONS}-balanced"  # names the statistic that stored references hold
 SPREAD_CONFIDENCE = 0.99  # the predictive tail uses the references' sd at this upper confidence bound
 
 @dataclass

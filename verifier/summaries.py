@@ -6,23 +6,37 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from verifier.balance import balance
+
 RANK = 8  # singular values kept per layer
+KIND = f"spectral-{RANK}-raw-balanced"  # names the summary that stored index rows hold
+
+
+def _unit_spectrum(weight: torch.Tensor, rank: int) -> np.ndarray:
+    values = top_singular_values(weight, rank)
+    values = torch.nn.functional.pad(values, (0, rank - values.numel()))
+    norm = float(values.norm())
+    return (values / norm if norm > 0 else values).numpy()
 
 
 def spectral_summary(weights: dict[str, torch.Tensor], names: list[str], rank: int = RANK) -> np.ndarray:
-    """Per layer, the `rank` largest singular values of the weight (as out x rest), scaled to unit
-    norm; concatenated in `names` order (float32, len(names) * rank).
+    """Two views of each layer in `names` order, float32 (2 * len(names) * rank): first, per layer,
+    the `rank` largest singular values of its weight (as out x rest) scaled to unit norm; then the
+    same of its balanced weight (`verifier.balance`).
 
-    Invariant under permutations of a layer's output and input units (a channel permutation permutes
-    rows and column blocks) and under rescaling a layer; moved little by fine-tuning or by pruning
-    small weights, so a stolen copy stays near its ticket."""
-    parts = []
+    Both are invariant under permutations of a layer's output and input units (a channel permutation
+    permutes rows and column blocks) and under rescaling a layer; the balanced view also under any
+    positive per-unit rescaling (a folded BatchNorm included). The raw view is the steadier under
+    further pruning and added weights (the balancing moves with the cells a layer keeps), so
+    `summary_distances` takes the nearer of the two: a stolen copy stays near its ticket whichever
+    the thief did."""
+    raw, balanced = [], []
     for name in names:
-        values = top_singular_values(weights[name], rank)
-        values = torch.nn.functional.pad(values, (0, rank - values.numel()))
-        norm = float(values.norm())
-        parts.append((values / norm if norm > 0 else values).numpy())
-    return np.concatenate(parts).astype(np.float32)
+        w = weights[name].detach().to(torch.float64).cpu()
+        raw.append(_unit_spectrum(w, rank))
+        balanced.append(_unit_spectrum(torch.from_numpy(balance(w.reshape(w.shape[0], w.shape[1], -1).numpy())),
+                                       rank))
+    return np.concatenate(raw + balanced).astype(np.float32)
 
 
 def top_singular_values(weight: torch.Tensor, rank: int) -> torch.Tensor:
@@ -35,7 +49,8 @@ def top_singular_values(weight: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def summary_distances(summary: np.ndarray, index: np.ndarray, layers: int) -> np.ndarray:
-    """Distance from one summary to each row of `index` (N x len(summary)): the mean over layers of
-    the Euclidean distance between their unit-norm spectra (0 = identical, at most 2)."""
-    diff = (index - summary[None, :]).reshape(index.shape[0], layers, -1)
-    return np.sqrt((diff.astype(np.float64) ** 2).sum(axis=2)).mean(axis=1)
+    """Distance from one summary to each row of `index` (N x len(summary)): per view, the mean over
+    layers of the Euclidean distance between their unit-norm spectra; the nearer view's (0 =
+    identical, at most 2)."""
+    diff = (index - summary[None, :]).reshape(index.shape[0], 2, layers, -1)
+    return np.sqrt((diff.astype(np.float64) ** 2).sum(axis=3)).mean(axis=2).min(axis=1)

@@ -88,7 +88,7 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.8, "storing weights and mask", force=True)
     model_sha, model_size = store_weights(ctx.store, weights)
     mask_sha, mask_size = store_mask(ctx.store, mask)
-    references, trigger_set = [], None  # a QR ticket is judged by its code, not by the aligned topology test
+    references, trigger_set = [], None
     with sessions_for(ctx.settings)() as session:
         if embedded is not None:
             artifact_sha, artifact_size = save_triggers(ctx.store, embedded.triggers)
@@ -99,11 +99,12 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
                                session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha,
                                arch=params["arch"], dataset=dataset, triggers=embedded.triggers,
                                limit=ctx.settings.topology_references)}
-        if kind != "qr":
-            references = calibrate_registration(
-                session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha, arch=params["arch"],
-                dataset=params["dataset"], weights=weights, mask=mask, limit=ctx.settings.topology_references,
-                progress=lambda i, n: ctx.progress(0.85 + 0.14 * i / n, f"calibrating: reference {i + 1}/{n}"))
+        # every ticket gets the aligned topology test, a signed one too: a code can be cut out of a
+        # copy (the window replaced) where the rest of the topology still says whose it is
+        references = calibrate_registration(
+            session, ctx.store, ticket_id=params["ticket_id"], model_sha256=model_sha, arch=params["arch"],
+            dataset=params["dataset"], weights=weights, mask=mask, limit=ctx.settings.topology_references,
+            progress=lambda i, n: ctx.progress(0.85 + 0.14 * i / n, f"calibrating: reference {i + 1}/{n}"))
     return {"model_sha256": model_sha, "model_size": model_size, "mask_sha256": mask_sha,
             "mask_size": mask_size, "sparsity": 1.0 - overall_density(mask),
             "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},

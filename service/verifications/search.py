@@ -15,11 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
+from service.datasets.catalog import resolve_dataset
+from service.db import release
 from service.models import Ticket, TicketSummary
 from verifier.checkpoint import read_state_dict
-from verifier.summaries import RANK, spectral_summary, summary_distances
-
-SUMMARY_KIND = f"spectral-{RANK}"
+from verifier.models import build_model, prunable_parameters
+from verifier.summaries import KIND as SUMMARY_KIND
+from verifier.summaries import spectral_summary, summary_distances
 
 
 @dataclass
@@ -58,3 +60,19 @@ def rank_entries(entries: list[IndexEntry], suspect: np.ndarray, prunable: list[
                for entry in entries]
     distances = summary_distances(suspect, np.stack(vectors), len(prunable))
     return [(float(distances[i]), entries[i]) for i in np.argsort(distances, kind="stable")]
+
+
+def reindex(session: Session, store: ArtifactStore, ticket: Ticket) -> None:
+    """Replace a registered ticket's index row with its summary of the current kind, from its stored
+    weights (for tickets indexed before the summary changed, which a search otherwise summarises
+    again each time). Commits."""
+    spec = resolve_dataset(session, ticket.dataset, owner=None).spec
+    release(session)  # no transaction held while the weights are read and summarised
+    prunable = prunable_parameters(ticket.arch, build_model(ticket.arch, *spec))
+    vector = spectral_summary(read_state_dict(store.path(ticket.model_sha256)), prunable).astype("<f4").tobytes()
+    row = session.get(TicketSummary, ticket.id)
+    if row is None:
+        session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND, vector=vector))
+    else:
+        row.kind, row.vector = SUMMARY_KIND, vector
+    session.commit()

@@ -205,7 +205,7 @@ class Candidates:
 
     tickets: dict[str, Ticket]
     signatures: dict[str, Signature]
-    aligned_ids: list[str]  # the unsigned ones that get the aligned topology test
+    aligned_ids: list[str]  # the ones that get the aligned topology test
     references: dict[str, list[float]]  # their calibration
     trigger_sets: dict[str, TriggerSet] = field(default_factory=dict)  # mode both only
     trigger_references: dict[str, list[float]] = field(default_factory=dict)
@@ -216,7 +216,7 @@ def load_candidates(settings, ids: list[str], *, both: bool) -> Candidates:
     with sessions_for(settings)() as session:
         signatures = {s.ticket_id: s for s in session.execute(
             select(Signature).where(Signature.ticket_id.in_(ids))).scalars()}
-        aligned_ids = [i for i in ids if i not in signatures][:settings.aligned_candidates]
+        aligned_ids = ids[:settings.aligned_candidates]
         found = Candidates(
             tickets={t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()},
             signatures=signatures, aligned_ids=aligned_ids, references=stored_references(session, aligned_ids))
@@ -318,8 +318,8 @@ def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tu
 def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
                      suspect_mask: dict | None, seed: int, *, references: list[float] | None, selection: int,
                      layers: set[str] | None) -> dict[str, Any]:
-    """Topology, and the QR test where signed or else the aligned topology test where `references`
-    (None: not among the candidates that get it) calibrate it; `selection` corrects the latter."""
+    """Topology, the QR test where signed, and the aligned topology test where `references` (None: not
+    among the candidates that get it) calibrate it; `selection` corrects the latter."""
     settings = ctx.settings
     ticket_mask = load_mask(ctx.store.path(ticket.mask_sha256))
     if layers is not None:
@@ -340,7 +340,7 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
             suspect_mask=window_mask, permutations=settings.verify_permutations, seed=seed))
-    elif references is not None:
+    if references is not None:
         aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask, references, selection)
         if aligned["calibrated"]:
             _add_test(tests, "aligned_topology", aligned)

@@ -18,7 +18,7 @@ def test_summary_is_blind_to_channel_permutation_and_layer_scale(arch):
     names = prunable_parameters(arch, model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     summary = spectral_summary(state, names)
-    assert summary.shape == (len(names) * RANK,) and summary.dtype == np.float32
+    assert summary.shape == (2 * len(names) * RANK,) and summary.dtype == np.float32
     permuted = permute_hidden_units(arch, state, seed=3)
     assert any(not permuted[n].equal(state[n]) for n in names)
     np.testing.assert_allclose(spectral_summary(permuted, names), summary, atol=1e-5)
@@ -33,7 +33,9 @@ def test_summary_is_blind_to_channel_permutation_and_layer_scale(arch):
 def test_layers_smaller_than_the_rank_are_padded():
     weights = {"w": torch.randn(3, 5)}
     summary = spectral_summary(weights, ["w"])
-    assert summary.shape == (RANK,) and np.all(summary[3:] == 0) and np.linalg.norm(summary) == pytest.approx(1.0)
+    raw, balanced = summary[:RANK], summary[RANK:]  # the raw view, then the balanced one
+    assert summary.shape == (2 * RANK,) and np.all(raw[3:] == 0) and np.all(balanced[3:] == 0)
+    assert np.linalg.norm(raw) == pytest.approx(1.0) and np.linalg.norm(balanced) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("shape", [(64, 16, 3, 3), (300, 64), (10, 100), (7, 7)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from verifier.attacks.rescale import fold_batchnorm, rescale_units
 from verifier.attacks.streams import permute_residual_streams
 
 
@@ -45,25 +46,47 @@ def permute_every_channel(arch: str, state: dict[str, torch.Tensor], seed: int) 
     return permute_residual_streams(arch, permuted, seed + 1) if arch.startswith("resnet") else permuted
 
 
+def reparametrise(arch: str, state: dict[str, torch.Tensor], seed: int, *, spread: float = 100.0
+                  ) -> dict[str, torch.Tensor]:
+    """`permute_every_channel`, then every unit rescaled by a factor in [1/spread, spread]
+    (`rescale_units`, seed + 2), then every BatchNorm folded into its conv: each cheap
+    function-preserving edit a thief has, at once."""
+    return fold_batchnorm(rescale_units(arch, permute_every_channel(arch, state, seed), seed + 2, spread=spread))
+
+
 @torch.no_grad()
-def permute_checked(arch: str, state: dict[str, torch.Tensor], input_shape: tuple[int, ...], num_classes: int,
-                    seed: int, *, probes: int = 16, atol: float = 1e-4) -> dict[str, torch.Tensor]:
-    """`permute_every_channel`, and proof that it preserved the function: the permuted model's outputs
-    on `probes` random inputs (eval mode) equal the original's within `atol` relative to their scale;
-    raises VerifierError otherwise (a permutation that changes the function is not this attack)."""
+def check_preserved(arch: str, state: dict[str, torch.Tensor], edited: dict[str, torch.Tensor],
+                    input_shape: tuple[int, ...], num_classes: int, seed: int, *, what: str, probes: int = 16,
+                    atol: float = 1e-4) -> dict[str, torch.Tensor]:
+    """`edited`, once its outputs on `probes` random inputs (eval mode) equal `state`'s within `atol`
+    relative to their scale; VerifierError otherwise (an edit that changes the function is not this
+    attack)."""
     from verifier.errors import VerifierError
     from verifier.models import build_model
 
-    permuted = permute_every_channel(arch, state, seed)
     x = torch.randn(probes, *input_shape, generator=torch.Generator().manual_seed(seed))
     outputs = []
-    for weights in (state, permuted):
+    for weights in (state, edited):
         model = build_model(arch, input_shape, num_classes)
         model.load_state_dict(weights)
         outputs.append(model.eval()(x))
     scale = float(outputs[0].abs().max()) or 1.0
     error = float((outputs[0] - outputs[1]).abs().max())
     if error > atol * scale:
-        raise VerifierError(f"the permutation changed the outputs by {error:.3g} (scale {scale:.3g})",
+        raise VerifierError(f"the {what} changed the outputs by {error:.3g} (scale {scale:.3g})",
                             code="permutation_not_preserving")
-    return permuted
+    return edited
+
+
+def permute_checked(arch: str, state: dict[str, torch.Tensor], input_shape: tuple[int, ...], num_classes: int,
+                    seed: int) -> dict[str, torch.Tensor]:
+    """`permute_every_channel`, with proof that it preserved the function (`check_preserved`)."""
+    return check_preserved(arch, state, permute_every_channel(arch, state, seed), input_shape, num_classes, seed,
+                           what="permutation")
+
+
+def reparametrise_checked(arch: str, state: dict[str, torch.Tensor], input_shape: tuple[int, ...],
+                          num_classes: int, seed: int, *, spread: float = 100.0) -> dict[str, torch.Tensor]:
+    """`reparametrise`, with proof that it preserved the function (`check_preserved`)."""
+    return check_preserved(arch, state, reparametrise(arch, state, seed, spread=spread), input_shape, num_classes,
+                           seed, what="reparametrisation")

@@ -7,20 +7,20 @@ from __future__ import annotations
 import torch
 
 
-def _blocks(state: dict[str, torch.Tensor]) -> list[str]:
+def residual_blocks(state: dict[str, torch.Tensor]) -> list[str]:
     """The residual blocks (`layerS.B`) in forward order."""
     names = {key.rsplit(".conv1.weight", 1)[0] for key in state
              if key.startswith("layer") and key.endswith(".conv1.weight")}
     return sorted(names, key=lambda b: tuple(int(part.removeprefix("layer")) for part in b.split(".")))
 
 
-def _streams(state: dict[str, torch.Tensor]) -> list[tuple[list[str], list[str]]]:
+def residual_streams(state: dict[str, torch.Tensor]) -> list[tuple[list[str], list[str]]]:
     """Each residual stream as (producers, consumers): modules whose outputs (conv or BatchNorm rows)
     are the stream's channels, and modules whose inputs (columns) read it. A block with a projection
     shortcut ends the stream it reads and starts a new one; an identity block adds into the one it reads."""
     producers, consumers = ["conv1", "bn1"], []
     streams = []
-    for block in _blocks(state):
+    for block in residual_blocks(state):
         last = max(i for i in range(1, 10) if f"{block}.conv{i}.weight" in state)
         projection = f"{block}.downsample.0.weight" in state
         consumers += [f"{block}.conv1"] + [f"{block}.downsample.0"] * projection
@@ -44,7 +44,7 @@ def permute_residual_streams(arch: str, state: dict[str, torch.Tensor], seed: in
         raise ValueError(f"permute_residual_streams supports the ResNets, not {arch}")
     generator = torch.Generator().manual_seed(seed)
     out = dict(state)
-    for producers, consumers in _streams(state):
+    for producers, consumers in residual_streams(state):
         order = torch.randperm(state[f"{producers[0]}.weight"].shape[0], generator=generator)
         for module in producers:
             for key in (f"{module}.{p}" for p in ("weight", "bias", "running_mean", "running_var")):

@@ -13,11 +13,11 @@ from verifier.attacks.addon import add_on
 from verifier.attacks.blocks import removable_blocks, remove_block
 from verifier.attacks.distillation import distill, fresh_sparse_student
 from verifier.attacks.finetune import dense_finetune_reprune, fine_tune, last_linear, transfer
-from verifier.attacks.permutation import permute_checked
+from verifier.attacks.permutation import reparametrise_checked
 from verifier.attacks.pruning import prune_further, prune_layer, random_prune
 from verifier.attacks.replacement import replace_window
 from verifier.errors import VerifierError
-from verifier.masks import Mask, densities, mask_from_weights, random_mask
+from verifier.masks import Mask, densities, random_mask
 from verifier.models import build_model, permutable_axes
 from verifier.signatures.qr import Placement
 from verifier.training import evaluate
@@ -72,10 +72,11 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
                description="prune a further share of each layer's kept weights at random"),
     AttackSpec("prune_layer", "pruning", "share of the layer's kept weights", (0.1, 0.3, 0.5), bounds=SHARE,
                description="prune the signature layer only (the largest hidden layer of an unsigned ticket)"),
-    AttackSpec("permutation", "permutation", "share pruned after permuting", (0.0, 0.1), needs="permutable",
+    AttackSpec("permutation", "permutation", "share pruned before reparametrising", (0.0, 0.1), needs="permutable",
                bounds=SHARE,
-               description="permute every block's hidden channels and, in ResNets, the residual streams "
-                           "(outputs unchanged, asserted), then prune"),
+               description="prune, then permute every block's hidden channels and, in ResNets, the residual "
+                           "streams, rescale every hidden unit by its own factor in [1/100, 100] and fold "
+                           "every BatchNorm into its conv (outputs unchanged, asserted)"),
     AttackSpec("add_on", "add-on", "share of pruned weights", (0.005, 0.01, 0.02, 0.05), (0.005, 0.01, 0.02, 0.05),
                bounds=(0.0, 1.0), description="revive a share of the pruned weights with small random values "
                                               "(paper: fake2)"),
@@ -194,12 +195,12 @@ def run_attack(setup: ThiefSetup, name: str, strength: float) -> Attacked:
         layer = _target_layer(setup)
         prune_layer(model, mask, layer, strength)
         return Attacked(_state(model), setup.num_classes, f"layer {layer}")
-    elif name == "permutation":
-        permuted = permute_checked(setup.arch, setup.state, setup.input_shape, setup.num_classes, seed)
-        model = setup.model(permuted)
+    elif name == "permutation":  # pruning commutes with a permutation; a rescaled layer would prune other weights
         if strength:
-            prune_further(model, mask_from_weights(permuted, list(mask)), strength)
-        return Attacked(_state(model), setup.num_classes, "outputs checked unchanged by the permutation")
+            prune_further(model, mask, strength)
+        edited = reparametrise_checked(setup.arch, _state(model), setup.input_shape, setup.num_classes, seed)
+        return Attacked(edited, setup.num_classes, "channels permuted, every unit rescaled by a factor in "
+                                                   "[1/100, 100], BatchNorms folded: outputs checked unchanged")
     elif name == "add_on":
         add_on(model, mask, strength, seed=seed)
     elif name == "replacement":
