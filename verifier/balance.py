@@ -25,17 +25,17 @@ sweeps from an invariant start need no such condition.)
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.linalg import lsqr
+from scipy.linalg import solve
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
-TOLERANCE = 1e-12  # lsqr's relative tolerances: the fitted log scales are exact to about this
 SWEEPS = 2  # energy sweeps after the log-norm fit (more drift towards Sinkhorn's limit, which may not exist)
 
 
 def balance(w: np.ndarray, *, sweeps: int = SWEEPS) -> np.ndarray:
     """`w` (out, in, k) float64 rescaled per row and column to a canonical form: the log-norm fit
     (`log_balance`), then `sweeps` Sinkhorn sweeps on the cells' energies. Zero cells stay zero.
-    Exactly invariant (to lsqr's tolerance) to a positive scaling of rows and columns of `w`,
+    Exactly invariant (to rounding) to a positive scaling of rows and columns of `w`,
     equivariant to permutations of either."""
     out = log_balance(w)
     energy = (out * out).sum(axis=2)
@@ -51,20 +51,44 @@ def balance(w: np.ndarray, *, sweeps: int = SWEEPS) -> np.ndarray:
 
 def log_balance(w: np.ndarray) -> np.ndarray:
     """`w` (out, in, k) float64 with every kept cell W[o, i, :] divided by its fitted row and column
-    scale exp(a_o + b_i); zero cells stay zero. Exactly invariant (to lsqr's tolerance) to a positive
-    scaling of rows and columns of `w`, equivariant to permutations of either."""
-    norms = np.sqrt((w * w).sum(axis=2))
-    rows, cols = np.nonzero(norms)
-    if len(rows) == 0:
-        return w.copy()
-    out_channels, in_channels = norms.shape
-    cells = np.arange(len(rows))
-    design = coo_matrix((np.ones(2 * len(rows)), (np.concatenate([cells, cells]),
-                                                  np.concatenate([rows, out_channels + cols]))),
-                        shape=(len(rows), out_channels + in_channels)).tocsr()
-    target = np.log(norms[rows, cols])
-    solution = lsqr(design, target, atol=TOLERANCE, btol=TOLERANCE, iter_lim=20 * (out_channels + in_channels))[0]
-    fitted = design @ solution
-    out = np.zeros_like(w)
-    out[rows, cols] = w[rows, cols] * np.exp(-fitted)[:, None]
-    return out
+    scale exp(a_o + b_i); zero cells stay zero. Exactly invariant (to rounding) to a positive scaling
+    of rows and columns of `w`, equivariant to permutations of either.
+
+    The least-squares normal equations are solved with the larger side eliminated: what is left is a
+    graph Laplacian over the smaller side, singular by one constant per connected part of the layer
+    (it moves between the sides without changing a fitted value), so one unit per part is held at 0
+    and the rest, positive definite, is solved by Cholesky. The fitted values are unique."""
+    norms = np.sqrt(np.einsum("oik,oik->oi", w, w))
+    nonzero = norms > 0
+    live_rows, live_cols = nonzero.any(axis=1), nonzero.any(axis=0)
+    if not live_rows.any():
+        return np.zeros_like(w)
+    log_norms = np.log(norms, out=np.zeros_like(norms), where=nonzero)
+    kept = nonzero.astype(np.float64)
+    everything = live_rows.all() and live_cols.all()
+    if not everything:
+        log_norms, kept = log_norms[np.ix_(live_rows, live_cols)], kept[np.ix_(live_rows, live_cols)]
+    transposed = kept.shape[0] < kept.shape[1]  # eliminate the larger side, which is then the rows
+    if transposed:
+        kept, log_norms = kept.T, log_norms.T
+    row_degree, col_degree = kept.sum(axis=1), kept.sum(axis=0)
+    row_sums, col_sums = log_norms.sum(axis=1), log_norms.sum(axis=0)
+    incidence = csr_matrix(kept)
+    schur = np.diag(col_degree) - (incidence.T @ incidence.multiply(1.0 / row_degree[:, None])).toarray()
+    rhs = col_sums - kept.T @ (row_sums / row_degree)
+    _, part = connected_components(csr_matrix(schur != 0), directed=False)
+    free = np.ones(len(rhs), dtype=bool)
+    free[np.unique(part, return_index=True)[1]] = False  # the first unit of each part is held at 0
+    b = np.zeros(len(rhs))
+    if free.any():
+        b[free] = solve(schur[np.ix_(free, free)], rhs[free], assume_a="pos")
+    a = (row_sums - kept @ b) / row_degree
+    fitted = a[:, None] + b[None, :]
+    if transposed:
+        fitted = fitted.T
+    if everything:
+        scale = np.exp(-fitted) * nonzero
+    else:
+        scale = np.zeros(norms.shape)
+        scale[np.ix_(live_rows, live_cols)] = np.exp(-fitted)
+    return w * scale[..., None]
