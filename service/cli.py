@@ -324,7 +324,8 @@ def parse_params(pairs: list[str]) -> dict:
 def find(arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100, resnet20.")],
          dataset: Annotated[str, typer.Option(help="Dataset, e.g. digits.")] = "digits",
          method: Annotated[str, typer.Option(help="imp, oneshot, ... (see `ticketguard finders`).")] = "imp",
-         seed: int = 0,
+         seed: Annotated[int | None, typer.Option(help="Initialisation and data-order seed (default: the server "
+                                                       "draws one at random).")] = None,
          param: Annotated[list[str] | None, typer.Option(
              "--param", "-p", help="Hyperparameter key=value (JSON value); nest with dots: train.epochs=5.")] = None,
          out: Annotated[Path | None, typer.Option(help="Save the found ticket here (safetensors).")] = None,
@@ -343,7 +344,7 @@ def find(arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100
             console.print(f"[red]search {job['status']}[/red]: {job['error']}")
             raise typer.Exit(1)
         result = job["result"]
-        table = Table(title=f"{method} on {arch}/{dataset}, seed {seed}")
+        table = Table(title=f"{method} on {arch}/{dataset}, seed {result['seed']}")
         for column in ("round", "weights kept", "accuracy"):
             table.add_column(column)
         for row in result["rounds"]:

@@ -59,9 +59,10 @@ class TicketGuardClient:
         """Save your ticket's trigger set (.npz: x, y) to `destination`."""
         self._download(f"/v1/tickets/{ticket_id}/trigger-set", destination)
 
-    def find(self, *, arch: str, dataset: str, method: str, seed: int, hyperparameters: dict) -> dict:
-        return self._call("POST", "/v1/tickets/find", json={"arch": arch, "dataset": dataset, "method": method,
-                                                            "seed": seed, "hyperparameters": hyperparameters})
+    def find(self, *, arch: str, dataset: str, method: str, hyperparameters: dict, seed: int | None = None) -> dict:
+        """Queue a ticket search; without `seed` the server draws one (the job's result says which)."""
+        body = {"arch": arch, "dataset": dataset, "method": method, "hyperparameters": hyperparameters}
+        return self._call("POST", "/v1/tickets/find", json=body | ({"seed": seed} if seed is not None else {}))
 
     def finders(self) -> dict:
         return self._call("GET", "/v1/finders")

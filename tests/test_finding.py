@@ -136,3 +136,18 @@ def test_cts_method(client, alice):
     job = client.get(f"/v1/jobs/{response.json()['job_id']}", headers=alice.headers).json()
     assert job["status"] == "succeeded", job
     assert job["result"]["density"] == pytest.approx(0.1, abs=1e-4) and job["result"]["dense_accuracy"] is None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_search_without_a_seed_draws_its_own_and_says_which(client, alice):
+    """Issue 14, finding 4: the finder's default seed was 0, so two parties who both left it found tickets
+    from the same initialisation, which a white-box test reads as shared origin. A search without a
+    seed now draws one at random and records it; a given seed is kept."""
+    quick = {"target_density": 0.3, "train": {"epochs": 1}}
+    seeds = []
+    for body in ({}, {}, {"seed": 7}):
+        job_id = _find(client, alice, method="oneshot", hyperparameters=quick, **body).json()["job_id"]
+        job = client.get(f"/v1/jobs/{job_id}", headers=alice.headers).json()
+        assert job["status"] == "succeeded", job
+        seeds.append(job["result"]["seed"])
+    assert seeds[0] != seeds[1] and seeds[2] == 7, seeds

@@ -25,7 +25,10 @@ class FindRequest(BaseModel):
     arch: str = Field(description="Architecture, e.g. lenet300_100, resnet20.")
     dataset: str = Field(description="Dataset, e.g. digits.")
     method: str = Field("imp", description="Finder: see GET /v1/finders.")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="The initialisation's and data order's seed. "
+                             "Default: a random one, recorded in the job: two parties who both left a fixed "
+                             "default would start from the same initialisation, and their tickets would share "
+                             "structure that no theft explains.")
     hyperparameters: dict[str, Any] = Field(default_factory=dict,
                                             description="Overrides of the method's defaults.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,9 +25,12 @@ from verifier.tickets.registry import get_finder
 FIND_KIND = "find_ticket"
 
 
-def submit_find(session: Session, *, owner: Owner, arch: str, dataset: DatasetRef, method: str, seed: int,
+def submit_find(session: Session, *, owner: Owner, arch: str, dataset: DatasetRef, method: str, seed: int | None,
                 hyperparameters: dict[str, Any], max_attempts: int) -> Job:
-    """Validate the hyperparameters (422 naming the field) and queue the search. Commits."""
+    """Validate the hyperparameters (422 naming the field) and queue the search. Commits. Without a
+    `seed` a random one is drawn and kept in the job's parameters (a resumed search uses it again)."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
     finder = get_finder(method)
     config = build_config(finder.config_type, hyperparameters)
     if finder.needs_base:
