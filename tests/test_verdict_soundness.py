@@ -129,3 +129,26 @@ def test_a_signed_tickets_copy_permuted_and_rescaled_per_unit_is_a_match(client,
     assert targeted["verdict"] == "match" and targeted["evidence"]["qr"]["p_value"] < 1e-6, targeted["evidence"]
     searched = verify_ok(client, bob.headers, copy)
     assert searched["verdict"] == "match" and searched["ticket_id"] == ticket["id"], searched["evidence"]
+
+
+def test_a_dense_copy_with_every_unit_rescaled_is_cut_back_to_the_tickets_weights(client, alice, model_files):
+    """Finding 2, dense form: every pruned weight revived with a small value, then every channel permuted
+    and every unit rescaled. The cut back to the ticket's density ranked raw magnitudes, so the factors
+    chose which weights survived it (38-40 % of the ticket's kept weights on lenet300_100, against
+    99.5 % unrescaled) and the alignment had little left to work with. It now ranks balanced ones."""
+    from safetensors.torch import load, save
+
+    from verifier.attacks import reparametrise_checked
+
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
+    signed = load(client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content)
+    generator, dense = torch.Generator().manual_seed(0), dict(signed)
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        kept = signed[name] != 0
+        small = 0.1 * signed[name][kept].abs().mean() * torch.randn(kept.shape, generator=generator)
+        dense[name] = torch.where(kept, signed[name], small)
+    copy = save({k: v.contiguous() for k, v in
+                 reparametrise_checked("lenet300_100", dense, (1, 8, 8), 10, seed=5).items()})
+    result = verify_ok(client, alice.headers, copy, ticket_id=ticket["id"])
+    assert result["evidence"]["topology"]["suspect_dense"] is True
+    assert result["verdict"] == "match" and result["evidence"]["qr"]["p_value"] < 1e-6, result["evidence"]
