@@ -52,7 +52,7 @@ def overall_density(mask: Mask) -> float:
     return count_kept(mask) / total if total else 1.0
 
 
-def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k largest scores; ties broken by position (stable sort)."""
     flat = scores.flatten()
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
@@ -64,7 +64,7 @@ def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def magnitude_mask(weights: dict[str, torch.Tensor], layer_densities: dict[str, float]) -> Mask:
     """Per layer, keep the round(density * numel) largest-magnitude weights."""
-    return {name: _top_k(weights[name].detach().abs().cpu(), int(round(d * weights[name].numel())))
+    return {name: top_k(weights[name].detach().abs().cpu(), int(round(d * weights[name].numel())))
             for name, d in layer_densities.items()}
 
 
@@ -97,7 +97,7 @@ def layerwise_magnitude_prune(weights: dict[str, torch.Tensor], mask: Mask, frac
 def random_mask(shapes: dict[str, torch.Size], layer_densities: dict[str, float], seed: int) -> Mask:
     """Uniformly random masks with exactly round(density * numel) weights kept per layer."""
     generator = torch.Generator().manual_seed(seed)
-    return {name: _top_k(torch.rand(shapes[name], generator=generator), int(round(d * shapes[name].numel())))
+    return {name: top_k(torch.rand(shapes[name], generator=generator), int(round(d * shapes[name].numel())))
             for name, d in layer_densities.items()}
 
 

@@ -330,7 +330,9 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
         permutations=settings.verify_permutations, seed=seed).to_dict()
     tests: dict[str, Any] = {"schemes": [], "p_values": []}
     _add_test(tests, "topology", topology)
-    mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask)
+    # the alignment-based tests read a dense suspect cut back by balanced magnitudes, which a per-unit
+    # rescaling cannot steer; the topology test above keeps the raw cut (no alignment to undo it)
+    mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
     if signature is not None:
         # a sparse suspect's code is read from its own nonzeros: weights added back (the add-on attack)
         # flip only the dark modules they land on, whereas cutting the layer back to the ticket's
