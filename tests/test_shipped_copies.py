@@ -1,7 +1,8 @@
 """Copies as thieves ship them, through the API, on every architecture with a function-preserving
-permutation (issue 14, findings 1-3): wrapper key names, an all-ones declared mask, half precision,
-and every channel permuted with every unit rescaled by a factor in [1/100, 100] and BatchNorms
-folded. Each is a `match` of the ticket it was copied from, targeted and in a 1:N search."""
+permutation (issue 14, findings 1-3): wrapper key names, an all-ones declared mask, half precision
+(float16, bfloat16), and every channel permuted with every unit rescaled by a factor in [1/100, 100]
+and BatchNorms folded. Each is a `match` of the ticket it was copied from, targeted and in a 1:N
+search."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def _shipped(arch: str, ticket: dict[str, torch.Tensor], prunable: list[str]) ->
         "module. keys": _torch_file({f"module.{name}": tensor for name, tensor in ticket.items()}),
         "all-ones declared mask": _torch_file(prune_form),
         "float16": save({name: tensor.half().contiguous() for name, tensor in ticket.items()}),
+        "bfloat16": save({name: tensor.bfloat16().contiguous() for name, tensor in ticket.items()}),
         "permuted, rescaled 1/100-100, BN folded": save(
             {k: v.contiguous() for k, v in reparametrise_checked(arch, ticket, (1, 8, 8), 10, seed=11).items()}),
     }
