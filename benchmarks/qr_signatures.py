@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from verifier.attacks import fine_tune, permute_hidden_units, prune_further, reparametrise  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
+from verifier.decision import verdict  # noqa: E402
 from verifier.masks import Mask, apply_mask, global_magnitude_prune, mask_from_weights  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
 from verifier.signatures.qr import make_code, make_payload, whitening_key  # noqa: E402
 from verifier.signatures.signing import read_signature, sign_ticket  # noqa: E402
 from verifier.tickets import find_imp_ticket  # noqa: E402
-from verifier.topology import verdict  # noqa: E402
 from verifier.training import evaluate, train  # noqa: E402
 
 SECRET = b"benchmark secret"

@@ -25,11 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from verifier.attacks import fine_tune, prune_further  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
+from verifier.decision import verdict  # noqa: E402
 from verifier.masks import overall_density  # noqa: E402
-from verifier.models import build_model, hidden_axis  # noqa: E402
+from verifier.models import build_model  # noqa: E402
 from verifier.tickets import find_imp_ticket  # noqa: E402
-from verifier.topology import compare_topology, verdict  # noqa: E402
+from verifier.topology import compare_topology  # noqa: E402
 from verifier.training import evaluate, train  # noqa: E402
+from verifier.units import layer_groups  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +47,7 @@ def main() -> None:
     references = [find_imp_ticket(args.arch, data, seed=s, rounds=3, rate=0.5) for s in range(args.references)]
     independents = [find_imp_ticket(args.arch, data, seed=1000 + s, rounds=3, rate=0.5)
                     for s in range(args.independent)]
-    axes = {name: hidden_axis(args.arch, name) for name in references[0].mask}
+    axes = layer_groups(args.arch, references[0].state)
     print(f"tickets: {overall_density(references[0].mask):.1%} of weights kept; reference accuracy "
           f"{statistics.mean(t.accuracy for t in references):.3f} (dense "
           f"{statistics.mean(t.dense_accuracy for t in references):.3f}); found in "
@@ -57,7 +59,7 @@ def main() -> None:
     for index, reference in enumerate(references):
         groups: dict[str, list[tuple[float, float, float]]] = {key: [] for key in totals}
         for other in independents:
-            result = compare_topology(reference.mask, other.state, hidden_axes=axes,
+            result = compare_topology(reference.mask, other.state, groups=axes,
                                       permutations=args.permutations, seed=index)
             groups["independent"].append((result.p_value, result.z, other.accuracy))
         for thief_seed in range(args.thieves):
@@ -66,14 +68,14 @@ def main() -> None:
             mask = copy.deepcopy(reference.mask)
             fine_tune(thief, mask, data.x_train, data.y_train, epochs=3, seed=2000 + thief_seed)
             prune_further(thief, mask, 0.10)
-            result = compare_topology(reference.mask, thief.state_dict(), hidden_axes=axes,
+            result = compare_topology(reference.mask, thief.state_dict(), groups=axes,
                                       permutations=args.permutations, seed=index)
             groups["stolen (mask kept, +10% pruned)"].append(
                 (result.p_value, result.z, evaluate(thief, data.x_test, data.y_test)))
             dense = build_model(args.arch, data.input_shape, data.num_classes)
             dense.load_state_dict(reference.state)
             train(dense, data.x_train, data.y_train, epochs=1, lr=0.01, seed=3000 + thief_seed)
-            result = compare_topology(reference.mask, dense.state_dict(), hidden_axes=axes,
+            result = compare_topology(reference.mask, dense.state_dict(), groups=axes,
                                       permutations=args.permutations, seed=index)
             groups["stolen (fine-tuned dense)"].append(
                 (result.p_value, result.z, evaluate(dense, data.x_test, data.y_test)))
@@ -92,7 +94,7 @@ def _print_row(reference: str, kind: str, rows: list[tuple[float, float, float]]
     p_values = [p for p, _, _ in rows]
     verdicts = [verdict(p) for p in p_values]
     print(f"{reference:>3}  {kind:<34}  {len(rows):>3}  {statistics.mean(a for _, _, a in rows):>5.3f}  "
-          f"{min(p_values):>8.4f}  {statistics.median(p_values):>8.4f}  "
+          f"{min(p_values):>8.2g}  {statistics.median(p_values):>8.2g}  "
           f"{statistics.median(z for _, z, _ in rows):>8.2f}  {verdicts.count('match'):>5}  "
           f"{verdicts.count('inconclusive'):>8}  {verdicts.count('no_match'):>8}")
 

@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import embedded_service, fill, time_calls  # noqa: E402
 
 from verifier.masks import magnitude_mask  # noqa: E402
-from verifier.models import build_model, hidden_axis, prunable_parameters  # noqa: E402
+from verifier.models import build_model, prunable_parameters  # noqa: E402
 from verifier.topology import compare_topology  # noqa: E402
+from verifier.units import layer_groups  # noqa: E402
 
 
 def _ticket(arch: str, density: float, seed: int) -> tuple[dict, dict]:
@@ -44,11 +45,11 @@ def topology_rows(archs: list[str], repeats: int) -> list[tuple[str, list[float]
     for arch in archs:
         ticket_weights, ticket_mask = _ticket(arch, 0.2, 0)
         suspect_weights, _ = _ticket(arch, 0.2, 1)
-        axes = {name: hidden_axis(arch, name) for name in ticket_mask}
+        axes = layer_groups(arch, suspect_weights)
         for permutations in (999, 9999):
             def run(permutations=permutations, ticket_mask=ticket_mask, suspect_weights=suspect_weights,
                     axes=axes) -> None:
-                compare_topology(ticket_mask, suspect_weights, hidden_axes=axes, permutations=permutations)
+                compare_topology(ticket_mask, suspect_weights, groups=axes, permutations=permutations)
 
             times = time_calls(run, repeats)
             rows.append((f"compare_topology {arch}, {permutations} permutations", times))

@@ -73,7 +73,9 @@ class Settings(BaseSettings):
                                    "frees its locks (idle_in_transaction_session_timeout); 0: no limit.")
     db_request_idle_timeout: float = Field(120.0, ge=0, description="The same for API requests' connections "
                                            "(a request may validate a large upload between statements).")
-    verify_permutations: int = Field(9999, ge=99, description="Permutations in the topology null.")
+    verify_permutations: int = Field(99999, ge=99, description="Most permutations a permutation null draws "
+                                     "(topology, QR modules); its p can go no lower than 1/(1 + this). Unremarkable "
+                                     "suspects stop after a few hundred.")
     search_candidates: int = Field(5, ge=1, le=1000, description="Tickets a 1:N search tests in full: "
                                    "the nearest to the suspect in the summary index.")
     topology_references: int = Field(20, ge=0, le=200, description="Earlier registered tickets (same "

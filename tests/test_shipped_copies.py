@@ -24,7 +24,7 @@ REFERENCES = 6  # earlier independent tickets: enough for the aligned test's cal
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", database_url=database_url, executor="inline",
-                    secret_key="test-secret", max_upload_bytes=4 * 1024 * 1024, verify_permutations=999,
+                    secret_key="test-secret", max_upload_bytes=4 * 1024 * 1024, verify_permutations=19_999,
                     topology_references=REFERENCES, topology_min_references=REFERENCES)
 
 

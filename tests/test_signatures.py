@@ -42,7 +42,8 @@ def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the
     qr = by_alice["evidence"]["qr"]
     # the permuted copy is caught by the module test; its window need not decode (units whose only
     # connections lie inside the window cannot be aligned from the weights outside it)
-    assert by_alice["verdict"] == "match" and qr["p_value"] < 1e-6 and qr["module_test"]["agreement"] > 0.7
+    assert by_alice["verdict"] == "match" and qr["module_test"]["agreement"] > 0.7
+    assert qr["p_value"] == 1 / 20_000  # the permutations' floor (finding 6): no normal tail past it
     assert not qr["alignment"]["identity"]
     for name in ("expected.png", "window.png", "difference.png"):
         image = client.get(f"/v1/verifications/{by_alice['id']}/evidence/{name}", headers=alice.headers)

@@ -126,7 +126,8 @@ def test_a_signed_tickets_copy_permuted_and_rescaled_per_unit_is_a_match(client,
     copy = save({k: v.contiguous() for k, v in
                  reparametrise_checked("lenet300_100", signed, (1, 8, 8), 10, seed=3).items()})
     targeted = verify_ok(client, alice.headers, copy, ticket_id=ticket["id"])
-    assert targeted["verdict"] == "match" and targeted["evidence"]["qr"]["p_value"] < 1e-6, targeted["evidence"]
+    assert targeted["verdict"] == "match", targeted["evidence"]
+    assert targeted["evidence"]["qr"]["p_value"] == 1 / 20_000  # the permutations' floor, no normal tail
     searched = verify_ok(client, bob.headers, copy)
     assert searched["verdict"] == "match" and searched["ticket_id"] == ticket["id"], searched["evidence"]
 

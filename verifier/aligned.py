@@ -23,15 +23,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from scipy.stats import chi2
-from scipy.stats import t as student_t
 
 from verifier.align import align_layer
 from verifier.masks import Mask
-from verifier.topology import decision_p
+from verifier.tail_bounds import MOMENT_BOUNDS, cantelli_tail, kurtosis_tail
 
 ITERATIONS = 2  # alternating row/column rounds per layer (align_layer's): enough for copies, cheap for a search
 STATISTIC = f"aligned-kappa-{ITERATIONS}-balanced"  # names the statistic that stored references hold
-SPREAD_CONFIDENCE = 0.99  # the predictive tail uses the references' sd at this upper confidence bound
+SPREAD_CONFIDENCE = 0.99  # the bounds use the references' sd at this upper confidence bound
+KURTOSIS_CAP = 10.0  # assumed at most this for the null of the aligned statistic (a normal's is 3)
 
 @dataclass
 class AlignedLayer:
@@ -94,46 +94,56 @@ def aligned_overlap(ticket_weights: dict[str, torch.Tensor], ticket_mask: Mask,
 
 @dataclass
 class Calibration:
-    """A statistic judged against references: the decision p, both p-values it comes from, the z-score."""
+    """A statistic judged against references: the decision p, the rank p beside it, the z-score."""
 
-    p_value: float
+    p_value: float  # the smaller of `cantelli_tail` and `kurtosis_tail` at the references' mean and spread
     p_empirical: float  # (1 + #references >= observed) / (1 + n): exact if the references are exchangeable
-    p_predictive: float  # Student-t predictive tail of a normal fitted to the references
-    z: float
+    bound: str  # what p_value rests on
+    z: float  # (observed - mean) / sd of the references, for reading
     references: int
     reference_mean: float
     reference_std: float
+    spread_bound: float  # the sd the bound uses
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CALIBRATION_ASSUMES = ("the null's mean and sd are at most the references' mean and their sd's "
+                       f"{SPREAD_CONFIDENCE:.0%} upper confidence bound (inflated by sqrt(1 + 1/n) for a new draw), "
+                       f"and its kurtosis at most {KURTOSIS_CAP:g} (a normal's is 3)")
 
 
 def calibrated_p(observed: float, references: Sequence[float]) -> Calibration:
     """p-value of `observed` against statistics of independent references (at least 2).
 
     Under the null the suspect is one more independent ticket, so its statistic is exchangeable with
-    the references' and the rank p is exact, but it cannot go below 1/(1+n). Past that resolution
-    (no reference reaches `observed`) the p is the predictive tail of a normal fitted to the
-    references: (x - mean) / (sd * sqrt(1 + 1/n)) follows Student's t with n - 1 degrees of freedom
-    for a new draw from the same normal, which accounts for having estimated mean and sd from n
-    values. The sd is taken at its upper SPREAD_CONFIDENCE bound (chi-square): a margin against
-    tails heavier than the normal's, which a few references cannot show (on digits, conv4's null
-    put one of 90 independent pairs at p = 4e-4 without it); a stolen copy sits hundreds of sds
-    out and does not notice. Identical references give no tail, only the rank p. A reference related to the ticket
-    (a copy registered before it) widens the fit and can only make the p larger."""
+    the references' and the rank p is exact, but it cannot go below 1/(1+n) (0.048 for 20
+    references), which is no use to a verdict. The decision p is the smaller of two moment bounds:
+    Cantelli's inequality (one-sided Chebyshev), P(X - mu >= t) <= s^2 / (s^2 + t^2), and Markov's
+    on the fourth moment, P(X - mu >= t) <= K s^4 / t^4 for a null of kurtosis at most K =
+    KURTOSIS_CAP; both hold for any null distribution of that mean, spread and kurtosis, tails far
+    heavier than a normal's included: no normal tail is extrapolated. They rest on the references
+    estimating the null's mean and spread, so the spread is taken at its upper SPREAD_CONFIDENCE
+    bound (chi-square) and widened by sqrt(1 + 1/n) for the mean's own error, and on the kurtosis
+    cap; the evidence states both (`bound`). A copy a hundred sds out gets p ~ 1e-7, not the 1e-27
+    a fitted normal claimed. Identical references give no spread, only the rank p. A reference
+    related to the ticket (a copy registered before it) widens the spread and can only make the p
+    larger."""
     refs = np.asarray(references, dtype=np.float64)
     n = len(refs)
     if n < 2:
         raise ValueError("calibration needs at least 2 references")
     mean, sd = float(refs.mean()), float(refs.std(ddof=1))
+    p_empirical = (1 + int((refs >= observed).sum())) / (1 + n)
     if refs.max() > refs.min():
         z = (observed - mean) / sd
-        bound = sd * np.sqrt((n - 1) / chi2.ppf(1 - SPREAD_CONFIDENCE, n - 1))
-        p_predictive = float(student_t.sf((observed - mean) / (bound * np.sqrt(1 + 1 / n)), df=n - 1))
+        spread = sd * np.sqrt((n - 1) / chi2.ppf(1 - SPREAD_CONFIDENCE, n - 1)) * np.sqrt(1 + 1 / n)
+        p_value = min(cantelli_tail(observed, mean, float(spread)),
+                      kurtosis_tail(observed, mean, float(spread), KURTOSIS_CAP))
+        bound = f"{MOMENT_BOUNDS}; assumes {CALIBRATION_ASSUMES}"
     else:  # identical references (duplicates): no spread to extrapolate from, the rank p is all there is
-        z, p_predictive = (0.0 if observed <= mean else float("inf")), 1.0
-    exceeded = bool((refs >= observed).any())
-    p_empirical = (1 + int((refs >= observed).sum())) / (1 + n)
-    return Calibration(p_value=decision_p(p_empirical, p_predictive, exceeded=exceeded), p_empirical=p_empirical,
-                       p_predictive=p_predictive, z=float(z), references=n, reference_mean=mean,
-                       reference_std=sd)
+        z, spread = (0.0 if observed <= mean else float("inf")), 0.0
+        p_value, bound = p_empirical, "rank among the references (they have no spread)"
+    return Calibration(p_value=p_value, p_empirical=p_empirical, bound=bound, z=float(z), references=n,
+                       reference_mean=mean, reference_std=sd, spread_bound=float(spread))

@@ -26,7 +26,7 @@ from service.jobs.service import enqueue
 from service.locks.service import key_check_params, lock_inputs
 from service.models import AttackReport, Job, Owner, Ticket, TicketLock, utcnow
 from service.signatures.service import code_of
-from service.verifications.service import Candidates, candidate_tests, decide, load_candidates
+from service.verifications.service import Candidates, candidate_tests, decide_with, load_candidates
 from service.visibility import get_visible
 from verifier.attacks.finetune import last_linear
 from verifier.attacks.forged_key import forged_key_accuracies
@@ -202,20 +202,20 @@ def _judge(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Datas
         accuracy, layers = evaluate(model, dataset.x_test, dataset.y_test), None
     tests = candidate_tests(ctx, found, ticket, (setup.input_shape, setup.num_classes), attacked.state, None, seed,
                             selection=1, layers=layers)
-    decided, p_value, decided_by = decide(ctx.settings, tests, 1)
+    decision = decide_with(ctx.settings, tests, compared=1)
     change = accuracy - baseline_accuracy if baseline_accuracy is not None and layers is None else None
     notes = [attacked.note] if attacked.note else []
     if layers is not None:
         notes.append(f"accuracy on {transfer.name}, so the fidelity bound does not apply")
     aligned = tests.get("aligned_topology")
-    if aligned is not None and not aligned["calibrated"]:
-        notes.append(f"aligned topology test not calibrated yet ({aligned['references']} of "
-                     f"{aligned['references_needed']} earlier tickets), so a permuted copy is not caught")
-    if decided_by == "qr_mac":
+    if aligned is not None and not aligned.evidence["calibrated"]:
+        notes.append(f"aligned topology test not calibrated yet ({aligned.evidence['references']} of "
+                     f"{aligned.evidence['references_needed']} earlier tickets), so a permuted copy is not caught")
+    if decision.decided_by == "qr_mac":
         notes.append("decided by a valid QR MAC")
     return {"test_accuracy": accuracy, "accuracy_change": change,
-            "within_fidelity": None if change is None else change >= -bound, **scheme_columns(tests),
-            "p_value": p_value, "verdict": decided, "ownership_proven": decided == "match",
+            "within_fidelity": None if change is None else change >= -bound, **scheme_columns(tests.to_dict()),
+            "p_value": decision.p_value, "verdict": decision.verdict, "ownership_proven": decision.verdict == "match",
             "note": "; ".join(notes) or None}
 
 

@@ -23,9 +23,9 @@ from service.triggers.endpoint import policy_from_settings, query_endpoint
 from service.triggers.service import TRIGGER_MATCHES, judge_answers, load_triggers, predict_labels
 from service.verifications.calibration import stored_references
 from verifier.checkpoint import read_state_dict, split_masks
+from verifier.decision import CandidateTests, SchemeResult, decide
 from verifier.errors import VerifierError
 from verifier.models import build_model
-from verifier.topology import bonferroni, verdict
 from verifier.triggers import TriggerSet as Triggers
 
 
@@ -155,14 +155,14 @@ def run_black_box(ctx: JobContext) -> dict[str, Any]:
         evidence["reason"] = "no registered ticket with a trigger set fits the suspect"
         return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
     best = min(tests, key=lambda t: t["p_value"])
-    p_value = bonferroni(best["p_value"], len(tests))
-    decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
+    decision = decide(CandidateTests([SchemeResult("trigger_set", best["p_value"], best)]), compared=len(tests),
+                      alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
     ticket = next(c.ticket for c in candidates if c.ticket.id == best["ticket_id"])
-    disclose = decided == "match" or ticket.owner_id == params["requester_id"]
+    disclose = decision.verdict == "match" or ticket.owner_id == params["requester_id"]
     evidence["schemes"] = ["trigger_set"]
     evidence["trigger_set"] = best if disclose else {"p_value": best["p_value"]}
     if disclose:
-        evidence.update({"raw_p_value": best["p_value"], "decided_by": "p_value",
+        evidence.update({"raw_p_value": best["p_value"], "decided_by": decision.decided_by,
                          "correction": f"bonferroni over {len(tests)} trigger set(s)"})
-    return {"verdict": decided, "p_value": p_value, "evidence": evidence,
+    return {"verdict": decision.verdict, "p_value": decision.p_value, "evidence": evidence,
             "ticket_id": ticket.id if disclose else None}

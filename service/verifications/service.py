@@ -37,11 +37,13 @@ from service.verifications.search import IndexEntry, index_entries, rank_entries
 from service.visibility import get_visible
 from verifier.aligned import STATISTIC, aligned_overlap, calibrated_p
 from verifier.checkpoint import read_state_dict, split_masks
+from verifier.decision import CandidateTests, Decision, SchemeResult, bonferroni, decide
 from verifier.errors import VerifierError
 from verifier.masks import load_mask, mask_from_weights
-from verifier.models import build_model, hidden_axis, permutable_axes
+from verifier.models import build_model, permutable_axes
 from verifier.summaries import spectral_summary
-from verifier.topology import bonferroni, compare_topology, estimate_suspect_mask, verdict
+from verifier.topology import compare_topology, estimate_suspect_mask
+from verifier.units import layer_groups
 
 VERIFY_KIND = "verify"
 
@@ -133,7 +135,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     ranked, suspects, incompatible = _rank(ctx, entries, specs, weights, masks)
     shortlist = ranked[:settings.search_candidates]
     found = load_candidates(settings, [entry.ticket_id for _, entry in shortlist], both=params.get("mode") == "both")
-    best: tuple[float, Ticket, dict] | None = None
+    best: tuple[CandidateTests, Ticket, float] | None = None
     compared = 0
     span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
     for index, (distance, entry) in enumerate(shortlist):
@@ -142,12 +144,11 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         tests = candidate_tests(ctx, found, ticket, specs[ticket.dataset], suspect.weights,
                                 suspect.mask if masks else None, pair_seed(ticket.id, params["suspect_sha256"]),
                                 selection=1 if params["ticket_id"] else len(ranked))
-        tests["summary_distance"] = distance
         compared += 1
-        if best is None or _stronger(tests, best[2]):
-            best = (tests["p_value"], ticket, tests)
-        if tests.get("qr", {}).get("payload_valid"):
-            break  # decisive: no later candidate can outweigh a valid MAC
+        if best is None or tests.stronger_than(best[0]):  # ties keep the earlier registration
+            best = (tests, ticket, distance)
+        if tests.decisive:
+            break  # no later candidate can outweigh a valid MAC
     key_evidence = None
     if params.get("key_check") and best is not None:
         ticket_mask = load_mask(ctx.store.path(best[1].mask_sha256))
@@ -163,40 +164,35 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
     if best is None:
         evidence["reason"] = "no ticket is registered"
         return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
-    raw_p, ticket, tests = best
-    decided, p_value, decided_by = decide(settings, tests, compared)
-    qr = tests.get("qr")
+    tests, ticket, distance = best
+    decision = decide_with(settings, tests, compared=compared, chosen_from=len(ranked))
     owner_sees = ticket.owner_id == params["requester_id"]
-    disclose = decided == "match" or owner_sees
+    disclose = decision.verdict == "match" or owner_sees
     if disclose:  # which tests a ticket carries is the ticket's business until it matches
-        evidence.update({"schemes": tests["schemes"], "raw_p_value": raw_p, "decided_by": decided_by,
-                         "summary_distance": tests["summary_distance"],
-                         "correction": f"bonferroni over {compared} candidate(s) (the nearest of "
-                                       f"{len(ranked)} by weight summary) and {len(tests['schemes'])} "
-                                       "test(s)"})
-    topology = tests["topology"]
+        evidence.update({"schemes": [r.scheme for r in tests.counted], "raw_p_value": tests.p_value,
+                         "decided_by": decision.decided_by, "summary_distance": distance,
+                         "correction": decision.correction})
+    topology = tests.get("topology").evidence
     evidence["topology"] = topology if disclose else {
-        k: topology[k] for k in ("p_value", "z", "p_normal", "jaccard", "suspect_dense", "estimated_layers")}
+        k: topology[k] for k in ("p_value", "z", "jaccard", "suspect_dense", "estimated_layers")}
     if key_evidence is not None:
         evidence["key_mask"] = key_evidence
     for scheme in ("aligned_topology", "trigger_set"):
-        if scheme in tests and disclose:
-            evidence[scheme] = tests[scheme]
+        if tests.get(scheme) is not None and disclose:
+            evidence[scheme] = tests.get(scheme).evidence
+    qr = tests.get("qr")
     if qr is not None and disclose:
         # where the code sits and what the window shows stay with the ticket's owner
-        evidence["qr"] = qr if owner_sees else {k: qr[k] for k in ("p_value", "decoded", "payload_valid")}
-    return {"verdict": decided, "p_value": p_value, "evidence": evidence,
+        evidence["qr"] = qr.evidence if owner_sees else {k: qr.evidence[k] for k in ("p_value", "decoded",
+                                                                                      "payload_valid")}
+    return {"verdict": decision.verdict, "p_value": decision.p_value, "evidence": evidence,
             "ticket_id": ticket.id if disclose else None}
 
 
-def decide(settings, tests: dict[str, Any], compared: int) -> tuple[str, float, str]:
-    """(verdict, p corrected over the `compared` candidates, what decided it) for the deciding
-    candidate's tests; a decoded QR payload with a valid MAC is decisive whatever the p."""
-    p_value = bonferroni(tests["p_value"], compared)
-    if tests.get("qr", {}).get("payload_valid"):
-        return "match", p_value, "qr_mac"
-    decided = verdict(p_value, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha)
-    return decided, p_value, "p_value"
+def decide_with(settings, tests: CandidateTests, *, compared: int, chosen_from: int | None = None) -> Decision:
+    """`verifier.decision.decide` at the settings' thresholds."""
+    return decide(tests, compared=compared, alpha=settings.match_alpha, inconclusive_below=settings.inconclusive_alpha,
+                  chosen_from=chosen_from)
 
 
 @dataclass
@@ -276,17 +272,6 @@ def _rank(ctx: JobContext, entries: list[IndexEntry], specs: dict[str, Any], wei
     return ranked, suspects, incompatible
 
 
-def _stronger(tests: dict[str, Any], than: dict[str, Any]) -> bool:
-    """A decoded QR payload with a valid MAC beats any p-value; otherwise the smaller p wins (ties go to
-    the earlier registration, which comes first)."""
-    def valid(t: dict[str, Any]) -> bool:
-        return bool(t.get("qr", {}).get("payload_valid"))
-
-    if valid(tests) != valid(than):
-        return valid(tests)
-    return tests["p_value"] < than["p_value"]
-
-
 def pair_seed(ticket_id: str, suspect_sha256: str) -> int:
     """The permutation nulls' seed for one (ticket, suspect file) pair: the same pair always gets the same
     p, so resubmitting a borderline suspect cannot re-roll it."""
@@ -295,9 +280,9 @@ def pair_seed(ticket_id: str, suspect_sha256: str) -> int:
 
 def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tuple, suspect_weights: dict,
                     suspect_mask: dict | None, seed: int, *, selection: int,
-                    layers: set[str] | None = None) -> dict[str, Any]:
+                    layers: set[str] | None = None) -> CandidateTests:
     """Every test `ticket` carries against one suspect (white-box; the trigger set too where `found`
-    holds it), and their combined p (Bonferroni over the tests). `selection` is how many tickets the
+    holds it); `verifier.decision` combines them. `selection` is how many tickets the
     candidate was chosen from. `layers` restricts the white-box tests to those prunable layers (a
     suspect with another head); the aligned test, calibrated on every layer, is then left out, and
     so is the trigger set, whose labels the suspect no longer shares."""
@@ -308,16 +293,16 @@ def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tu
         trigger_set = found.trigger_sets[ticket.id]
         triggers = load_triggers(ctx.store.path(trigger_set.artifact_sha256))
         answers = predict_labels(ticket.arch, spec, suspect_weights, triggers.x)
-        _add_test(tests, "trigger_set", judge_answers(
-            triggers, answers, trigger_set.num_classes, found.trigger_references.get(ticket.id, []),
-            min_references=ctx.settings.topology_min_references, source=trigger_set.source,
-            registered_at=trigger_set.created_at))
+        judged = judge_answers(triggers, answers, trigger_set.num_classes, found.trigger_references.get(ticket.id, []),
+                               min_references=ctx.settings.topology_min_references, source=trigger_set.source,
+                               registered_at=trigger_set.created_at)
+        tests.add(SchemeResult("trigger_set", judged["p_value"], judged))
     return tests
 
 
 def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
                      suspect_mask: dict | None, seed: int, *, references: list[float] | None, selection: int,
-                     layers: set[str] | None) -> dict[str, Any]:
+                     layers: set[str] | None) -> CandidateTests:
     """Topology, the QR test where signed, and the aligned topology test where `references` (None: not
     among the candidates that get it) calibrate it; `selection` corrects the latter."""
     settings = ctx.settings
@@ -326,10 +311,9 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
         ticket_mask = {name: keep for name, keep in ticket_mask.items() if name in layers}
     topology = compare_topology(
         ticket_mask, suspect_weights, suspect_mask=suspect_mask,
-        hidden_axes={name: hidden_axis(ticket.arch, name) for name in ticket_mask},
+        groups=layer_groups(ticket.arch, suspect_weights),
         permutations=settings.verify_permutations, seed=seed).to_dict()
-    tests: dict[str, Any] = {"schemes": [], "p_values": []}
-    _add_test(tests, "topology", topology)
+    tests = CandidateTests([SchemeResult("topology", topology["p_value"], topology)])
     # the alignment-based tests read a dense suspect cut back by balanced magnitudes, which a per-unit
     # rescaling cannot steer; the topology test above keeps the raw cut (no alignment to undo it)
     mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
@@ -338,25 +322,16 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
         # flip only the dark modules they land on, whereas cutting the layer back to the ticket's
         # density would drop the code's smallest weights (those the code turned on) and flip far more
         window_mask = mask if dense or suspect_mask is not None else mask_from_weights(suspect_weights, list(mask))
-        _add_test(tests, "qr", check_signature(
+        qr = check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
-            suspect_mask=window_mask, permutations=settings.verify_permutations, seed=seed))
+            suspect_mask=window_mask, permutations=settings.verify_permutations, seed=seed)
+        tests.add(SchemeResult("qr", qr["p_value"], qr, decisive=bool(qr.get("payload_valid"))))
     if references is not None:
         aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask, references, selection)
-        if aligned["calibrated"]:
-            _add_test(tests, "aligned_topology", aligned)
-        else:
-            tests["aligned_topology"] = aligned  # evidence only: no p-value to count
+        # uncalibrated: evidence only, no p-value to count
+        tests.add(SchemeResult("aligned_topology", aligned["p_value"] if aligned["calibrated"] else None, aligned))
     return tests
-
-
-def _add_test(tests: dict[str, Any], scheme: str, result: dict[str, Any]) -> None:
-    """Add one scheme's result to a candidate's tests and recombine: Bonferroni over the schemes."""
-    tests[scheme] = result
-    tests["schemes"].append(scheme)
-    tests["p_values"].append(result["p_value"])
-    tests["p_value"] = bonferroni(min(tests["p_values"]), len(tests["p_values"]))
 
 
 def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,

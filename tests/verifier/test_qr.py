@@ -128,8 +128,8 @@ def test_module_test_separates_a_signed_ticket_from_an_independent_one(code):
     placement = choose_placement(mask, code)
     signed = embed_code(mask, state, rewind, code, placement).mask
     own = module_test(signed, code, placement, permutations=999)
-    assert own.matched == own.data_modules == 567 and own.p_permutation == 1 / 1000 and own.z > 10
-    assert own.p_value == max(1e-300, own.p_normal) < 1e-12  # past the permutations: the normal tail
+    assert own.matched == own.data_modules == 567 and own.z > 10
+    assert own.p_value == 1 / 1000  # never past the permutations' resolution, however large z is
     independent, _, _ = _ticket("resnet20", 1)
     other = module_test(independent, code, placement, permutations=999)
     assert other.p_value > 0.01 and other.agreement < 0.6

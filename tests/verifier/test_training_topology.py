@@ -8,13 +8,15 @@ import torch
 
 from verifier.attacks import fine_tune, prune_further
 from verifier.data import load_dataset
+from verifier.decision import bonferroni, verdict
 from verifier.masks import magnitude_mask
-from verifier.models import build_model, hidden_axis
+from verifier.models import build_model
 from verifier.tickets import find_imp_ticket
-from verifier.topology import bonferroni, compare_topology, verdict
+from verifier.topology import BOUND_SHARE, compare_topology
 from verifier.training import train
+from verifier.units import layer_groups
 
-AXES = {name: hidden_axis("lenet300_100", name) for name in ("fc1.weight", "fc2.weight", "fc3.weight")}
+GROUPS = layer_groups("lenet300_100", build_model("lenet300_100", (1, 8, 8), 10).state_dict())
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,10 @@ def test_stolen_copy_matches_and_independent_ticket_does_not(digits, tickets):
     mask = copy.deepcopy(ticket.mask)
     fine_tune(thief, mask, digits.x_train, digits.y_train, epochs=2, seed=9)
     prune_further(thief, mask, 0.10)
-    stolen = compare_topology(ticket.mask, thief.state_dict(), hidden_axes=AXES, permutations=999)
-    assert verdict(stolen.p_value) == "match" and stolen.p_permutation == 1 / 1000 and stolen.z > 10
-    assert stolen.p_value == max(1e-300, stolen.p_normal) < 1e-12  # past the permutations: normal tail
-    other = compare_topology(ticket.mask, independent.state, hidden_axes=AXES, permutations=999)
+    stolen = compare_topology(ticket.mask, thief.state_dict(), groups=GROUPS, permutations=999)
+    assert verdict(stolen.p_value) == "match" and stolen.p_permutation >= 1 / 1000 and stolen.z > 10
+    assert stolen.p_value == stolen.p_bound / BOUND_SHARE < 1e-4  # past the permutations: the tail bound
+    other = compare_topology(ticket.mask, independent.state, groups=GROUPS, permutations=999)
     assert verdict(other.p_value) == "no_match"
     assert stolen.jaccard > 0.85 > 0.4 > other.jaccard
 
@@ -79,8 +81,8 @@ def test_dense_suspect_is_estimated_at_ticket_densities(digits, tickets):
     thief = build_model("lenet300_100", digits.input_shape, digits.num_classes)
     thief.load_state_dict(ticket.state)
     train(thief, digits.x_train, digits.y_train, epochs=1, lr=0.01, seed=4)  # no mask: every weight moves
-    result = compare_topology(ticket.mask, thief.state_dict(), hidden_axes=AXES, permutations=999)
-    assert result.estimated_layers == list(AXES) and verdict(result.p_value) == "match"
+    result = compare_topology(ticket.mask, thief.state_dict(), groups=GROUPS, permutations=999)
+    assert result.estimated_layers == list(ticket.mask) and verdict(result.p_value) == "match"
     for layer in result.layers:
         assert layer.suspect_density == pytest.approx(layer.ticket_density, abs=1e-3)
 
@@ -89,18 +91,19 @@ def test_null_keeps_shared_structure_a_uniform_null_would_flag():
     """Independent masks that share dead inputs: a uniform null calls them related, ours does not."""
     rng = np.random.default_rng(0)
     live_columns = rng.random(64) < 0.5
-    p_values = []
+    p_values, permutation_p = [], []
     for seed in range(20):
         draw = np.random.default_rng(seed + 1)
         ticket = torch.from_numpy((draw.random((100, 64)) < 0.3) & live_columns)
         suspect = torch.from_numpy((draw.random((100, 64)) < 0.3) & live_columns)
-        result = compare_topology({"w": ticket}, {"w": suspect.float()}, hidden_axes={"w": 0},
+        result = compare_topology({"w": ticket}, {"w": suspect.float()}, groups={"w": (0, None)},
                                   permutations=499, seed=seed)
         expected_uniform = float(ticket.sum() * suspect.sum()) / ticket.numel()
         assert result.observed_overlap > 1.5 * expected_uniform  # what a uniform null would flag
         p_values.append(result.p_value)
+        permutation_p.append(result.p_permutation)
     assert sum(p <= 1e-3 for p in p_values) == 0
-    assert 0.25 < float(np.mean(p_values)) < 0.75
+    assert 0.25 < float(np.mean(permutation_p)) < 0.75  # uniform: mean 1/2; the decision p is twice it
 
 
 def test_verdict_thresholds_and_bonferroni():

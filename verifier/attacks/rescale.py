@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from verifier.attacks.streams import residual_blocks, residual_streams
+from verifier.units import residual_blocks, residual_streams
 
 
 def _chains(arch: str, state: dict[str, torch.Tensor]) -> list[tuple[list[str], list[str]]]:

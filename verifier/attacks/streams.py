@@ -6,32 +6,7 @@ from __future__ import annotations
 
 import torch
 
-
-def residual_blocks(state: dict[str, torch.Tensor]) -> list[str]:
-    """The residual blocks (`layerS.B`) in forward order."""
-    names = {key.rsplit(".conv1.weight", 1)[0] for key in state
-             if key.startswith("layer") and key.endswith(".conv1.weight")}
-    return sorted(names, key=lambda b: tuple(int(part.removeprefix("layer")) for part in b.split(".")))
-
-
-def residual_streams(state: dict[str, torch.Tensor]) -> list[tuple[list[str], list[str]]]:
-    """Each residual stream as (producers, consumers): modules whose outputs (conv or BatchNorm rows)
-    are the stream's channels, and modules whose inputs (columns) read it. A block with a projection
-    shortcut ends the stream it reads and starts a new one; an identity block adds into the one it reads."""
-    producers, consumers = ["conv1", "bn1"], []
-    streams = []
-    for block in residual_blocks(state):
-        last = max(i for i in range(1, 10) if f"{block}.conv{i}.weight" in state)
-        projection = f"{block}.downsample.0.weight" in state
-        consumers += [f"{block}.conv1"] + [f"{block}.downsample.0"] * projection
-        outputs = [f"{block}.conv{last}", f"{block}.bn{last}"]
-        if projection:
-            streams.append((producers, consumers))
-            producers, consumers = outputs + [f"{block}.downsample.0", f"{block}.downsample.1"], []
-        else:
-            producers = producers + outputs
-    streams.append((producers, consumers + ["fc"]))
-    return streams
+from verifier.units import residual_streams
 
 
 def permute_residual_streams(arch: str, state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

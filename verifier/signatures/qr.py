@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import norm
 
 from verifier.align import Alignment
 from verifier.errors import VerifierError
 from verifier.masks import Mask, connectivity_map, count_kept
-from verifier.topology import decision_p, sequential_null
+from verifier.topology import sequential_null
 
 PAYLOAD_PREFIX = "TG1:"
 ERROR_LEVELS = ("L", "M", "Q", "H")
@@ -331,10 +330,8 @@ class ModuleTest:
 
     matched: int
     data_modules: int
-    p_value: float  # as in verifier.topology.decision_p
-    p_permutation: float
-    z: float
-    p_normal: float
+    p_value: float  # the permutation p: never below 1/(1 + permutations)
+    z: float  # (matched - null mean) / null sd, for reading; no p is taken from it
     null_mean: float
     null_std: float
     permutations: int  # drawn: the null stops early once it is clearly unremarkable
@@ -351,7 +348,9 @@ def module_test(mask: Mask, code: QrCode, placement: Placement, *, alignment: Al
     row and column permutations of the suspect's own map, which keeps its density and per-channel
     structure. An axis whose order means the same in every network (input pixels, class outputs) is
     not permuted (`permute_rows`/`permute_cols` False), so structure shared by all tickets there
-    (pixels that are always blank) is in the null too. The p-value is `verifier.topology.decision_p`."""
+    (pixels that are always blank) is in the null too. The p-value is the (sequential) permutation p,
+    never below 1/(1 + permutations): no tail bound is tight enough here (a swapped row moves up to a
+    whole row of modules), so a verdict that needs less must draw more permutations."""
     window = read_window(mask, code, placement, alignment)
     data, want = code.data, code.connected
     observed = int(((window == want) & data).sum())
@@ -370,13 +369,10 @@ def module_test(mask: Mask, code: QrCode, placement: Placement, *, alignment: Al
         windows = full[rows[:, :, None], cols[:, None, :]]
         return ((windows == want) & data).sum(axis=(1, 2))
 
-    null, p_permutation = sequential_null(draw, observed, permutations)
+    null, p_value = sequential_null(draw, observed, permutations)
     mean, std = float(null.mean()), float(null.std(ddof=1)) if len(null) > 1 else 0.0
     z = (observed - mean) / std if std > 0 else (0.0 if observed == mean else float("inf"))
-    p_normal = float(norm.sf(z))
-    p_value = decision_p(p_permutation, p_normal, exceeded=bool((null >= observed).any()))
-    return ModuleTest(observed, int(data.sum()), p_value, p_permutation, float(z), p_normal, mean, std,
-                      len(null))
+    return ModuleTest(observed, int(data.sum()), p_value, float(z), mean, std, len(null))
 
 
 def render_window(window: np.ndarray, code: QrCode, *, scale: int = 4, quiet: int = 4) -> np.ndarray:

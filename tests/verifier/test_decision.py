@@ -1,0 +1,42 @@
+"""The rule a verdict follows (`verifier.decision`): tests combined per candidate, the strongest
+candidate, the correction over the candidates compared."""
+
+from __future__ import annotations
+
+import pytest
+
+from verifier.decision import CandidateTests, SchemeResult, decide, strongest
+
+
+def _tests(*results: tuple[str, float | None], decisive: bool = False) -> CandidateTests:
+    return CandidateTests([SchemeResult(scheme, p, {"p_value": p}, decisive=decisive and scheme == "qr")
+                           for scheme, p in results])
+
+
+def test_a_candidates_tests_combine_by_bonferroni_over_the_tests_that_gave_a_p():
+    tests = _tests(("topology", 0.2), ("aligned_topology", None), ("qr", 1e-4))
+    assert tests.p_value == pytest.approx(2e-4)  # the uncalibrated aligned test is evidence only
+    assert tests.to_dict()["schemes"] == ["topology", "qr"] and "aligned_topology" in tests.to_dict()
+    assert _tests(("aligned_topology", None)).p_value == 1.0
+
+
+def test_a_valid_mac_beats_any_p_and_ties_keep_the_earlier_candidate():
+    plain, earlier_tie, decoded = _tests(("topology", 1e-9)), _tests(("topology", 1e-9)), _tests(("qr", 0.5),
+                                                                                                 decisive=True)
+    assert strongest([plain, decoded]) is decoded
+    assert strongest([plain, earlier_tie]) is plain
+
+
+def test_the_verdict_corrects_over_the_candidates_compared():
+    tests = _tests(("topology", 1e-4), ("qr", 0.3))
+    assert decide(tests, compared=1).verdict == "match"  # 2e-4
+    five = decide(tests, compared=5, chosen_from=40)
+    assert five.verdict == "match" and five.p_value == pytest.approx(1e-3)
+    assert five.correction == "bonferroni over 5 candidate(s) (the nearest of 40 by weight summary) and 2 test(s)"
+    assert decide(tests, compared=20).verdict == "inconclusive"  # 4e-3
+    assert decide(tests, compared=100).verdict == "no_match"
+
+
+def test_a_decisive_result_is_a_match_whatever_its_p():
+    decision = decide(_tests(("qr", 0.9), decisive=True), compared=3)
+    assert decision.verdict == "match" and decision.decided_by == "qr_mac" and decision.p_value == 1.0
