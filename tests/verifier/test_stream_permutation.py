@@ -60,7 +60,7 @@ def test_a_signed_resnet20_is_caught_through_both_permutations():
     from verifier.data import load_dataset
     from verifier.signatures.qr import make_code, make_payload, whitening_key
     from verifier.signatures.signing import read_signature, sign_ticket
-    from verifier.topology import verdict
+    from verifier.decision import verdict
     from verifier.training import TrainConfig, train
 
     data = load_dataset("digits")
