@@ -9,6 +9,16 @@
 4. The deciding candidate's p is corrected by Bonferroni over the candidates compared; `match` at
    p <= alpha (or a decisive result, whatever the p), `inconclusive` below the second threshold,
    else `no_match`.
+5. A test whose null does not cover the suspect is withheld: it keeps its p in the evidence but
+   counts for nothing. The white-box tests (topology, aligned topology, the QR module test) are
+   withheld when the suspect shares the ticket's public initialisation (`verifier.initialisation`):
+   an honest party starting from that initialisation resembles the ticket too. A decoded QR payload
+   with a valid MAC and the trigger set are not: neither arises from an initialisation. Where
+   withheld tests alone would have matched, the verdict is `inconclusive` and the relation proven is
+   `shares_initialisation`, never theft.
+
+A `match` proves the relation `derives_from_ticket`: the suspect was made from the ticket's weights
+(or, for a ticket whose initialisation is private, from what only its owner held).
 
 Each test's own p is valid on its own (the permutation p, the tail bound, the calibrated moment
 bound: `verifier.topology`, `verifier.signatures.qr`, `verifier.aligned`); the corrections here keep
@@ -45,6 +55,7 @@ class SchemeResult:
     p_value: float | None
     evidence: dict[str, Any]
     decisive: bool = False  # a decoded QR payload with a valid MAC
+    withheld: str | None = None  # why this test's p counts for nothing (its null does not cover the suspect)
 
 
 @dataclass
@@ -52,6 +63,7 @@ class CandidateTests:
     """Every test one candidate ticket carries against the suspect."""
 
     results: list[SchemeResult] = field(default_factory=list)
+    initialisation: dict[str, Any] | None = None  # whether the suspect shares the ticket's initialisation
 
     def add(self, result: SchemeResult) -> None:
         self.results.append(result)
@@ -61,8 +73,19 @@ class CandidateTests:
 
     @property
     def counted(self) -> list[SchemeResult]:
-        """The tests that gave a p-value."""
-        return [r for r in self.results if r.p_value is not None]
+        """The tests that gave a p-value that counts."""
+        return [r for r in self.results if r.p_value is not None and r.withheld is None]
+
+    @property
+    def withheld(self) -> list[SchemeResult]:
+        """The tests that gave a p-value whose null does not cover the suspect."""
+        return [r for r in self.results if r.p_value is not None and r.withheld is not None]
+
+    @property
+    def withheld_p(self) -> float:
+        """Bonferroni over the withheld tests (1 where none): what they would have said."""
+        withheld = self.withheld
+        return bonferroni(min(r.p_value for r in withheld), len(withheld)) if withheld else 1.0
 
     @property
     def p_value(self) -> float:
@@ -83,10 +106,12 @@ class CandidateTests:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form the evidence and reports carry: each scheme's evidence under its name, the
         schemes that gave a p, their p-values and the combined p."""
-        out: dict[str, Any] = {r.scheme: r.evidence for r in self.results}
+        out: dict[str, Any] = {r.scheme: r.evidence | ({"withheld": r.withheld} if r.withheld else {})
+                               for r in self.results}
         counted = self.counted
-        return out | {"schemes": [r.scheme for r in counted], "p_values": [r.p_value for r in counted],
-                      "p_value": self.p_value}
+        out |= {"schemes": [r.scheme for r in counted], "p_values": [r.p_value for r in counted],
+                "p_value": self.p_value, "withheld": [r.scheme for r in self.withheld]}
+        return out | ({"initialisation": self.initialisation} if self.initialisation is not None else {})
 
 
 @dataclass(frozen=True)
@@ -95,8 +120,9 @@ class Decision:
 
     verdict: str
     p_value: float
-    decided_by: str  # p_value or qr_mac
+    decided_by: str  # p_value, qr_mac or shared_initialisation
     correction: str
+    relation: str | None = None  # derives_from_ticket (a match), shares_initialisation (see rule 5), else None
 
 
 def decide(tests: CandidateTests, *, compared: int, alpha: float = MATCH_ALPHA,
@@ -107,9 +133,13 @@ def decide(tests: CandidateTests, *, compared: int, alpha: float = MATCH_ALPHA,
     scope = f" (the nearest of {chosen_from} by weight summary)" if chosen_from is not None else ""
     correction = f"bonferroni over {compared} candidate(s){scope} and {len(tests.counted)} test(s)"
     if tests.decisive:
-        return Decision("match", p_value, "qr_mac", correction)
-    return Decision(verdict(p_value, alpha=alpha, inconclusive_below=inconclusive_below), p_value, "p_value",
-                    correction)
+        return Decision("match", p_value, "qr_mac", correction, "derives_from_ticket")
+    outcome = verdict(p_value, alpha=alpha, inconclusive_below=inconclusive_below)
+    if outcome == "match":
+        return Decision(outcome, p_value, "p_value", correction, "derives_from_ticket")
+    if bonferroni(tests.withheld_p, compared) <= alpha:
+        return Decision("inconclusive", p_value, "shared_initialisation", correction, "shares_initialisation")
+    return Decision(outcome, p_value, "p_value", correction)
 
 
 def strongest(candidates: Sequence[CandidateTests]) -> CandidateTests | None:

@@ -40,3 +40,29 @@ def test_the_verdict_corrects_over_the_candidates_compared():
 def test_a_decisive_result_is_a_match_whatever_its_p():
     decision = decide(_tests(("qr", 0.9), decisive=True), compared=3)
     assert decision.verdict == "match" and decision.decided_by == "qr_mac" and decision.p_value == 1.0
+
+
+def _shared(scheme: str, p: float, *, decisive: bool = False) -> SchemeResult:
+    return SchemeResult(scheme, p, {"p_value": p}, decisive=decisive, withheld="shares a public initialisation")
+
+
+def test_withheld_tests_count_for_nothing_and_alone_give_inconclusive_shares_initialisation():
+    """Finding 4: a suspect sharing the ticket's public initialisation was `match` at p 1e-300 on the
+    white-box tests, whose null (an independent ticket) does not cover it."""
+    tests = CandidateTests([_shared("topology", 1e-300), _shared("aligned_topology", 1e-12)])
+    assert tests.p_value == 1.0 and tests.withheld_p == pytest.approx(2e-300)
+    assert tests.to_dict()["withheld"] == ["topology", "aligned_topology"]
+    assert tests.to_dict()["topology"]["withheld"]
+    decision = decide(tests, compared=1)
+    assert (decision.verdict, decision.decided_by, decision.relation) == (
+        "inconclusive", "shared_initialisation", "shares_initialisation")
+    assert decide(CandidateTests([_shared("topology", 0.3)]), compared=1).verdict == "no_match"
+
+
+def test_what_no_initialisation_explains_still_decides_beside_withheld_tests():
+    mac = CandidateTests([_shared("topology", 1e-300), _shared("qr", 0.4, decisive=True)])
+    assert (decide(mac, compared=1).verdict, decide(mac, compared=1).relation) == ("match", "derives_from_ticket")
+    triggers = CandidateTests([_shared("topology", 1e-300), SchemeResult("trigger_set", 1e-9, {})])
+    decision = decide(triggers, compared=1)
+    assert (decision.verdict, decision.p_value, decision.relation) == ("match", 1e-9, "derives_from_ticket")
+    assert decide(_tests(("topology", 0.5)), compared=1).relation is None

@@ -58,9 +58,9 @@ def test_aligned_topology_sees_through_both_permutations():
 
 def test_a_signed_resnet20_is_caught_through_both_permutations():
     from verifier.data import load_dataset
+    from verifier.decision import verdict
     from verifier.signatures.qr import make_code, make_payload, whitening_key
     from verifier.signatures.signing import read_signature, sign_ticket
-    from verifier.decision import verdict
     from verifier.training import TrainConfig, train
 
     data = load_dataset("digits")
