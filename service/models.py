@@ -91,6 +91,11 @@ class Ticket(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     signature: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
+    # the initialisation it starts from (`verifier.initialisation`): its sign fingerprint, the seed where
+    # one is known, and whether anyone could start from it too (a seed anyone would try); all None: unknown
+    init_signs_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), nullable=True)
+    init_seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    init_public: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class Signature(Base):

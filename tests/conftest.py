@@ -82,6 +82,12 @@ class ModelFiles:
     prune_form: Path
 
 
+# the fixture tickets start from a seed nobody else would pick (the finder draws one at random by
+# default): a seed in `verifier.initialisation.KNOWN_SEEDS` makes a ticket's initialisation public, and
+# a copy that shares it is then `inconclusive` on white-box evidence (issue 14, finding 4)
+PRIVATE_SEED = 20_261_207
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
     return make_model_files(tmp_path_factory.mktemp("models"))
@@ -101,8 +107,8 @@ def make_model_files(root: Path) -> ModelFiles:
 
     root.mkdir(parents=True, exist_ok=True)
     data = load_dataset("digits")
-    ticket = find_imp_ticket("lenet300_100", data, seed=0, rounds=2, rate=0.5, epochs=6)
-    independent = find_imp_ticket("lenet300_100", data, seed=1, rounds=2, rate=0.5, epochs=6)
+    ticket = find_imp_ticket("lenet300_100", data, seed=PRIVATE_SEED, rounds=2, rate=0.5, epochs=6)
+    independent = find_imp_ticket("lenet300_100", data, seed=PRIVATE_SEED + 1, rounds=2, rate=0.5, epochs=6)
     thief = build_model("lenet300_100", data.input_shape, data.num_classes)
     thief.load_state_dict(ticket.state)
     mask = copy.deepcopy(ticket.mask)

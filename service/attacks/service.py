@@ -213,6 +213,9 @@ def _judge(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Datas
                      f"{aligned.evidence['references_needed']} earlier tickets), so a permuted copy is not caught")
     if decision.decided_by == "qr_mac":
         notes.append("decided by a valid QR MAC")
+    if decision.relation == "shares_initialisation":
+        notes.append("shares the ticket's public initialisation: the white-box tests cannot tell it from an honest "
+                     "ticket found from that initialisation (sign the ticket or embed a trigger set)")
     return {"test_accuracy": accuracy, "accuracy_change": change,
             "within_fidelity": None if change is None else change >= -bound, **scheme_columns(tests.to_dict()),
             "p_value": decision.p_value, "verdict": decision.verdict, "ownership_proven": decision.verdict == "match",

@@ -28,6 +28,7 @@ class TicketOut(BaseModel):
     registered_at: datetime | None
     error: str | None = None
     signature: str = "none"
+    initialisation: str = "unknown"  # public (seed N): others may start from it too; private; unknown
     signature_report: dict[str, Any] | None = None  # placement, changes made, accuracy before/after
     trigger_set_report: dict[str, Any] | None = None  # size, share, test and trigger accuracy before/after
 

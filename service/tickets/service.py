@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,17 @@ from service.triggers.service import (
 from service.verifications.calibration import calibrate_registration, store_references
 from service.verifications.search import SUMMARY_KIND
 from service.visibility import get_visible
+from verifier.initialisation import (
+    KNOWN_SEEDS,
+    PUBLIC_SEED_ALPHA,
+    KnownInitialisation,
+    find_known_seed,
+    seeded_signs,
+    sign_agreement,
+)
 from verifier.masks import densities, overall_density
 from verifier.summaries import spectral_summary
+from verifier.tickets import load_ticket
 
 REGISTER_KIND = "register_ticket"
 
@@ -85,9 +95,10 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
                                                       f"trigger-set fine-tune: epoch {epoch + 1}/{epochs}, "
                                                       f"loss {loss:.4f}"))
         weights = embedded.weights
-    ctx.progress(0.8, "storing weights and mask", force=True)
+    ctx.progress(0.8, "storing weights and mask; finding the initialisation", force=True)
     model_sha, model_size = store_weights(ctx.store, weights)
     mask_sha, mask_size = store_mask(ctx.store, mask)
+    initialisation = _initialisation(ctx, params, dataset, weights, mask)
     references, trigger_set = [], None
     with sessions_for(ctx.settings)() as session:
         if embedded is not None:
@@ -110,7 +121,27 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
             "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},
             "signature": kind, "credential": credential,
             "summary": spectral_summary(weights, parsed.prunable).tolist(),
-            "topology_references": references, "trigger_set": trigger_set}
+            "topology_references": references, "trigger_set": trigger_set, "initialisation": initialisation}
+
+
+def _initialisation(ctx: JobContext, params: dict[str, Any], dataset: DatasetRef, weights: dict, mask: dict,
+                    ) -> dict[str, Any]:
+    """The initialisation the registered weights start from: the found ticket's seed (checked against
+    the weights), else a seed anyone would try (`verifier.initialisation.KNOWN_SEEDS`), else unknown.
+    Its sign fingerprint is stored like a mask."""
+    found = None
+    if params.get("rewind_sha256"):
+        seed = load_ticket(ctx.store.path(params["rewind_sha256"])).seed
+        signs = seeded_signs(params["arch"], dataset.spec, seed, mask)
+        agreement = sign_agreement(signs, weights, mask)
+        if agreement.log10_p <= math.log10(PUBLIC_SEED_ALPHA):
+            found = KnownInitialisation(seed, signs, agreement)
+    found = found or find_known_seed(params["arch"], dataset.spec, weights, mask)
+    if found is None:
+        return {"known": False}
+    signs_sha, signs_size = store_mask(ctx.store, found.signs)
+    return {"known": True, "signs_sha256": signs_sha, "signs_size": signs_size, "seed": found.seed,
+            "public": found.seed in KNOWN_SEEDS, "agreement": found.agreement.to_dict()}
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
@@ -139,6 +170,13 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
         store_references(session, ticket.id, [(rid, value) for rid, value in trigger_set["references"]],
                          kind=TRIGGER_MATCHES)
         result["trigger_set"] = trigger_set["report"] | {"references": len(trigger_set["references"])}
+    initialisation = result.pop("initialisation")  # the seed stays server-side: a private one is a secret
+    if initialisation["known"]:
+        record_artifact(session, sha256=initialisation["signs_sha256"], size=initialisation["signs_size"],
+                        kind="init_signs")
+        ticket.init_signs_sha256, ticket.init_seed = initialisation["signs_sha256"], initialisation["seed"]
+        ticket.init_public = initialisation["public"]
+    result["initialisation"] = initialisation_label(ticket)
     summary = result.pop("summary")  # the search index's row; not part of what the job shows
     session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
                               vector=np.asarray(summary, dtype="<f4").tobytes()))
@@ -152,6 +190,13 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
                           # commits the set's contents to this time (an uploaded set proves nothing
                           # about models that existed before it)
                           "trigger_set_sha256": trigger_set["artifact_sha256"] if trigger_set else None})
+
+
+def initialisation_label(ticket: Ticket) -> str:
+    """What a ticket's owner is told of its initialisation."""
+    if ticket.init_signs_sha256 is None:
+        return "unknown"
+    return f"public (seed {ticket.init_seed})" if ticket.init_public else "private"
 
 
 def registration_params(ticket: Ticket, dataset: DatasetRef) -> dict[str, Any]:

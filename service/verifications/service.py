@@ -39,6 +39,7 @@ from verifier.aligned import STATISTIC, aligned_overlap, calibrated_p
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.decision import CandidateTests, Decision, SchemeResult, bonferroni, decide
 from verifier.errors import VerifierError
+from verifier.initialisation import sign_agreement
 from verifier.masks import load_mask, mask_from_weights
 from verifier.models import build_model, permutable_axes
 from verifier.summaries import spectral_summary
@@ -172,14 +173,20 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         evidence.update({"schemes": [r.scheme for r in tests.counted], "raw_p_value": tests.p_value,
                          "decided_by": decision.decided_by, "summary_distance": distance,
                          "correction": decision.correction})
-    topology = tests.get("topology").evidence
-    evidence["topology"] = topology if disclose else {
-        k: topology[k] for k in ("p_value", "z", "jaccard", "suspect_dense", "estimated_layers")}
+    topology = tests.get("topology")
+    evidence["topology"] = (topology.evidence if disclose else {
+        k: topology.evidence[k] for k in ("p_value", "z", "jaccard", "suspect_dense", "estimated_layers")}) | (
+        {"withheld": topology.withheld} if topology.withheld else {})
+    evidence["relation"] = decision.relation
+    if tests.initialisation is not None:
+        evidence["initialisation"] = tests.initialisation if disclose else {
+            k: tests.initialisation[k] for k in ("known", "shared") if k in tests.initialisation}
     if key_evidence is not None:
         evidence["key_mask"] = key_evidence
     for scheme in ("aligned_topology", "trigger_set"):
         if tests.get(scheme) is not None and disclose:
-            evidence[scheme] = tests.get(scheme).evidence
+            result = tests.get(scheme)
+            evidence[scheme] = result.evidence | ({"withheld": result.withheld} if result.withheld else {})
     qr = tests.get("qr")
     if qr is not None and disclose:
         # where the code sits and what the window shows stay with the ticket's owner
@@ -313,7 +320,10 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
         ticket_mask, suspect_weights, suspect_mask=suspect_mask,
         groups=layer_groups(ticket.arch, suspect_weights),
         permutations=settings.verify_permutations, seed=seed).to_dict()
-    tests = CandidateTests([SchemeResult("topology", topology["p_value"], topology)])
+    relation = _initialisation(ctx, ticket, suspect_weights, suspect_mask)
+    withheld = SHARED_PUBLIC_INIT if relation.get("shared") and ticket.init_public else None
+    tests = CandidateTests([SchemeResult("topology", topology["p_value"], topology, withheld=withheld)],
+                           initialisation=relation)
     # the alignment-based tests read a dense suspect cut back by balanced magnitudes, which a per-unit
     # rescaling cannot steer; the topology test above keeps the raw cut (no alignment to undo it)
     mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
@@ -326,12 +336,36 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
             suspect_mask=window_mask, permutations=settings.verify_permutations, seed=seed)
-        tests.add(SchemeResult("qr", qr["p_value"], qr, decisive=bool(qr.get("payload_valid"))))
+        # the module test is withheld too: placement picks a window the ticket's own pattern already
+        # half fits, and a mask grown from the same initialisation reproduces that pattern (honest
+        # same-init lenet300_100 tickets scored module p at the floor of 1/1000); a decoded payload with
+        # a valid MAC cannot come from an honest mask and stays decisive
+        tests.add(SchemeResult("qr", qr["p_value"], qr, decisive=bool(qr.get("payload_valid")), withheld=withheld))
     if references is not None:
         aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask, references, selection)
         # uncalibrated: evidence only, no p-value to count
-        tests.add(SchemeResult("aligned_topology", aligned["p_value"] if aligned["calibrated"] else None, aligned))
+        tests.add(SchemeResult("aligned_topology", aligned["p_value"] if aligned["calibrated"] else None, aligned,
+                               withheld=withheld))
     return tests
+
+
+SHARED_PUBLIC_INIT = ("the suspect shares the ticket's public initialisation: an honest ticket found from it "
+                      "resembles this one too, so this test's null (an independent ticket) does not cover it")
+
+
+def _initialisation(ctx: JobContext, ticket: Ticket, suspect_weights: dict, suspect_mask: dict | None) -> dict:
+    """Whether the suspect shares the ticket's initialisation (`verifier.initialisation`), read on every
+    cell the suspect uses (its nonzero weights, within its declared mask): a choice of cells made
+    without the initialisation, so the sign test's p is exact. `{"known": False}` where the ticket's
+    initialisation is unknown."""
+    if ticket.init_signs_sha256 is None:
+        return {"known": False}
+    signs = load_mask(ctx.store.path(ticket.init_signs_sha256))
+    used = mask_from_weights(suspect_weights, list(signs))
+    if suspect_mask is not None:
+        used = {name: keep & suspect_mask[name].bool() if name in suspect_mask else keep for name, keep in used.items()}
+    agreement = sign_agreement(signs, suspect_weights, used)
+    return {"known": True, "public": bool(ticket.init_public), **agreement.to_dict()}
 
 
 def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,
