@@ -116,13 +116,15 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
     """Measure the aligned topology test's references for tickets that have none of the current statistic
     (registered before calibration existed, or before it changed): each against the tickets registered
     before it, as a registration does. Then index again every ticket whose search summary is of an
-    older kind."""
+    older kind, and find the initialisation of tickets registered before tickets recorded one."""
     from sqlalchemy import select
 
     from service.app import prepare_database
     from service.artifacts import make_store
+    from service.datasets.catalog import resolve_dataset
     from service.db import sessions_for
-    from service.models import Ticket, TicketReference, TicketSummary
+    from service.models import Job, Ticket, TicketReference, TicketSummary
+    from service.tickets.service import record_initialisation
     from service.verifications.calibration import recalibrate
     from service.verifications.search import SUMMARY_KIND, reindex
     from verifier.aligned import STATISTIC
@@ -153,7 +155,18 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
         session.commit()
         for ticket in stale:
             reindex(session, store, ticket)
-    console.print(f"calibrated {len(todo)} ticket(s); indexed {len(stale)} ticket(s) again")
+        unchecked = list(session.execute(select(Ticket).where(
+            Ticket.status == "registered", Ticket.init_signs_sha256.is_(None), Ticket.init_public.is_(None))
+            .order_by(Ticket.registered_at)).scalars())
+        session.commit()
+        for ticket in unchecked:
+            job = session.get(Job, ticket.job_id) if ticket.job_id else None
+            spec = resolve_dataset(session, ticket.dataset, owner=None).spec
+            rewind = job.params.get("rewind_sha256") if job else None
+            label = record_initialisation(session, store, ticket, spec, rewind)
+            console.print(f"ticket {ticket.id}: initialisation {label}")
+    console.print(f"calibrated {len(todo)} ticket(s); indexed {len(stale)} ticket(s) again; found the "
+                  f"initialisation of {len(unchecked)} ticket(s) registered before tickets recorded it")
 
 
 @owners_app.command("create")
@@ -503,7 +516,9 @@ def jobs_wait(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) ->
 @app.command()
 def demo(data_dir: Annotated[Path | None, typer.Option(help="Keep the demo's data here "
                                                        "(default: a fresh temporary folder).")] = None,
-         seed: int = 0) -> None:
+         seed: Annotated[int | None, typer.Option(help="The tickets' seed (default: drawn at random, as the finder "
+                                                        "does, so the ticket's initialisation is private).")] = None,
+         ) -> None:
     """Train a ticket, register it, verify a stolen copy and an independent ticket, show the audit."""
     from service.demo import run_demo
 

@@ -58,8 +58,11 @@ def _steal(registered: Path, stolen: Path, permuted: Path, data, seed: int, cons
     save_state_dict(shuffled, permuted)
 
 
-def run_demo(console: Console, *, data_dir: Path | None, seed: int = 0) -> bool:
-    """Run the demo; True when both verdicts are right."""
+def run_demo(console: Console, *, data_dir: Path | None, seed: int | None = None) -> bool:
+    """Run the demo; True when both verdicts are right. Without `seed` one is drawn at random: a ticket
+    from a seed anyone would try has a public initialisation, and a copy of it is `inconclusive` on
+    white-box evidence (`verifier.initialisation`)."""
+    seed = secrets.randbelow(2**31 - 1) if seed is None else seed
     with tempfile.TemporaryDirectory(prefix="ticketguard-demo-") as tmp:
         root = data_dir or Path(tmp)
         return _run(console, root, Path(tmp), seed)

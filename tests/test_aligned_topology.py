@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from service.cli import app as cli_app
 from service.config import get_settings
 from service.db import session_factory
-from service.models import TicketReference, TicketSummary
+from service.models import Ticket, TicketReference, TicketSummary
 from service.verifications.search import SUMMARY_KIND
 from tests.helpers import register_ok, verify_ok
 from verifier.attacks import permute_hidden_units
@@ -130,3 +130,26 @@ def test_calibrate_command_measures_tickets_registered_without_references(client
         assert unknown.exit_code == 1 and "nope" in unknown.output
     finally:
         get_settings.cache_clear()
+
+
+def test_calibrate_command_finds_the_initialisation_of_tickets_registered_before_it_was_recorded(
+        client, settings, alice, files, monkeypatch):
+    public = register_ok(client, alice.headers, files.ticket, name="seed 0")["id"]
+    private = register_ok(client, alice.headers, files.independent, name="seed 999")["id"]
+    with session_factory(settings.resolved_database_url)() as session:  # as registered before migration 0010
+        session.execute(update(Ticket).values(init_signs_sha256=None, init_seed=None, init_public=None))
+        session.commit()
+    assert client.get(f"/v1/tickets/{public}", headers=alice.headers).json()["initialisation"] == "unknown"
+    monkeypatch.setenv("TICKETGUARD_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("TICKETGUARD_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TICKETGUARD_SECRET_KEY", "test-secret")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli_app, ["calibrate"])
+        assert result.exit_code == 0 and "found the initialisation of 2 ticket(s)" in result.output, result.output
+        again = CliRunner().invoke(cli_app, ["calibrate"]).output
+        assert "found the initialisation of 0 ticket(s)" in again  # an unknown one is not searched again
+    finally:
+        get_settings.cache_clear()
+    labels = [client.get(f"/v1/tickets/{t}", headers=alice.headers).json()["initialisation"] for t in (public, private)]
+    assert labels == ["public (seed 0)", "unknown"]

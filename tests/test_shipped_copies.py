@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save
 
 from service.config import Settings
+from tests.conftest import PRIVATE_SEED
 from tests.helpers import register_ok, verify_ok
 from tests.verifier.test_reparametrisation import _ticket
 from verifier.attacks import reparametrise_checked
@@ -60,7 +61,7 @@ def test_copies_as_thieves_ship_them_match_targeted_and_in_a_search(client, alic
         state, _ = _ticket(arch, 100 + seed)
         register_ok(client, bob.headers, save({k: v.contiguous() for k, v in state.items()}), arch=arch,
                     name=f"independent {seed}")
-    ticket_state, prunable = _ticket(arch, 0)
+    ticket_state, prunable = _ticket(arch, PRIVATE_SEED)  # a seed nobody else starts from
     ticket = register_ok(client, alice.headers, save({k: v.contiguous() for k, v in ticket_state.items()}),
                          arch=arch)
     for way, content in _shipped(arch, ticket_state, prunable).items():

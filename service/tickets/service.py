@@ -126,22 +126,44 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
 
 def _initialisation(ctx: JobContext, params: dict[str, Any], dataset: DatasetRef, weights: dict, mask: dict,
                     ) -> dict[str, Any]:
-    """The initialisation the registered weights start from: the found ticket's seed (checked against
-    the weights), else a seed anyone would try (`verifier.initialisation.KNOWN_SEEDS`), else unknown.
-    Its sign fingerprint is stored like a mask."""
-    found = None
-    if params.get("rewind_sha256"):
-        seed = load_ticket(ctx.store.path(params["rewind_sha256"])).seed
-        signs = seeded_signs(params["arch"], dataset.spec, seed, mask)
-        agreement = sign_agreement(signs, weights, mask)
-        if agreement.log10_p <= math.log10(PUBLIC_SEED_ALPHA):
-            found = KnownInitialisation(seed, signs, agreement)
-    found = found or find_known_seed(params["arch"], dataset.spec, weights, mask)
+    """The registration's initialisation (`find_initialisation`), stored: the job shows none of it."""
+    found = find_initialisation(ctx.store, params["arch"], dataset.spec, weights, mask, params.get("rewind_sha256"))
     if found is None:
         return {"known": False}
     signs_sha, signs_size = store_mask(ctx.store, found.signs)
     return {"known": True, "signs_sha256": signs_sha, "signs_size": signs_size, "seed": found.seed,
             "public": found.seed in KNOWN_SEEDS, "agreement": found.agreement.to_dict()}
+
+
+def find_initialisation(store: ArtifactStore, arch: str, spec: tuple, weights: dict, mask: dict,
+                        rewind_sha256: str | None) -> KnownInitialisation | None:
+    """The initialisation `weights` start from: a found ticket's seed (`rewind_sha256`, checked against
+    the weights), else a seed anyone would try (`verifier.initialisation.KNOWN_SEEDS`), else None."""
+    if rewind_sha256:
+        seed = load_ticket(store.path(rewind_sha256)).seed
+        signs = seeded_signs(arch, spec, seed, mask)
+        agreement = sign_agreement(signs, weights, mask)
+        if agreement.log10_p <= math.log10(PUBLIC_SEED_ALPHA):
+            return KnownInitialisation(seed, signs, agreement)
+    return find_known_seed(arch, spec, weights, mask)
+
+
+def record_initialisation(session: Session, store: ArtifactStore, ticket: Ticket, spec: tuple,
+                          rewind_sha256: str | None) -> str:
+    """Find and keep the initialisation of a ticket registered before tickets recorded one (`ticketguard
+    calibrate`); a ticket whose initialisation stays unknown is marked checked (`init_public` False)."""
+    from verifier.checkpoint import read_state_dict
+    from verifier.masks import load_mask
+
+    found = find_initialisation(store, ticket.arch, spec, read_state_dict(store.path(ticket.model_sha256)),
+                                load_mask(store.path(ticket.mask_sha256)), rewind_sha256)
+    if found is not None:
+        signs_sha, signs_size = store_mask(store, found.signs)
+        record_artifact(session, sha256=signs_sha, size=signs_size, kind="init_signs")
+        ticket.init_signs_sha256, ticket.init_seed = signs_sha, found.seed
+    ticket.init_public = found is not None and found.seed in KNOWN_SEEDS
+    session.commit()
+    return initialisation_label(ticket)
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
@@ -171,11 +193,11 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
                          kind=TRIGGER_MATCHES)
         result["trigger_set"] = trigger_set["report"] | {"references": len(trigger_set["references"])}
     initialisation = result.pop("initialisation")  # the seed stays server-side: a private one is a secret
+    ticket.init_public = initialisation["known"] and initialisation["public"]  # False: checked, not public
     if initialisation["known"]:
         record_artifact(session, sha256=initialisation["signs_sha256"], size=initialisation["signs_size"],
                         kind="init_signs")
         ticket.init_signs_sha256, ticket.init_seed = initialisation["signs_sha256"], initialisation["seed"]
-        ticket.init_public = initialisation["public"]
     result["initialisation"] = initialisation_label(ticket)
     summary = result.pop("summary")  # the search index's row; not part of what the job shows
     session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
