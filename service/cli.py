@@ -162,8 +162,9 @@ def calibrate(tickets: Annotated[list[str] | None, typer.Option(
         for ticket in unchecked:
             job = session.get(Job, ticket.job_id) if ticket.job_id else None
             spec = resolve_dataset(session, ticket.dataset, owner=None).spec
-            rewind = job.params.get("rewind_sha256") if job else None
-            label = record_initialisation(session, store, ticket, spec, rewind)
+            params = job.params if job else {}
+            label = record_initialisation(session, store, ticket, spec, params.get("rewind_sha256"),
+                                          params.get("seed_drawn"))
             console.print(f"ticket {ticket.id}: initialisation {label}")
     console.print(f"calibrated {len(todo)} ticket(s); indexed {len(stale)} ticket(s) again; found the "
                   f"initialisation of {len(unchecked)} ticket(s) registered before tickets recorded it")
@@ -338,7 +339,8 @@ def find(arch: Annotated[str, typer.Option(help="Architecture, e.g. lenet300_100
          dataset: Annotated[str, typer.Option(help="Dataset, e.g. digits.")] = "digits",
          method: Annotated[str, typer.Option(help="imp, oneshot, ... (see `ticketguard finders`).")] = "imp",
          seed: Annotated[int | None, typer.Option(help="Initialisation and data-order seed (default: the server "
-                                                       "draws one at random).")] = None,
+                                                       "draws one at random, and the initialisation is private; "
+                                                       "a seed you give makes it public).")] = None,
          param: Annotated[list[str] | None, typer.Option(
              "--param", "-p", help="Hyperparameter key=value (JSON value); nest with dots: train.epochs=5.")] = None,
          out: Annotated[Path | None, typer.Option(help="Save the found ticket here (safetensors).")] = None,

@@ -232,3 +232,9 @@ def test_a_copy_of_a_ticket_from_a_drawn_seed_is_a_match_that_names_the_shared_p
     assert result["verdict"] == "match" and evidence["relation"] == "derives_from_ticket", evidence
     assert evidence["initialisation"]["shared"] and not evidence["initialisation"]["public"]
     assert "withheld" not in evidence["topology"]
+    given = client.post("/v1/tickets/find", headers=alice.headers, json={  # a seed someone gave, others may give
+        "arch": "lenet300_100", "dataset": "digits", "method": "imp", "seed": 777_777, "hyperparameters": SMALL})
+    registered = client.post("/v1/tickets", headers=alice.headers,
+                             data={"name": "given", "from_job": given.json()["job_id"]})
+    assert client.get(f"/v1/tickets/{registered.json()['id']}", headers=alice.headers).json()[
+        "initialisation"] == "public (seed 777777)"

@@ -26,9 +26,10 @@ class FindRequest(BaseModel):
     dataset: str = Field(description="Dataset, e.g. digits.")
     method: str = Field("imp", description="Finder: see GET /v1/finders.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="The initialisation's and data order's seed. "
-                             "Default: a random one, recorded in the job: two parties who both left a fixed "
-                             "default would start from the same initialisation, and their tickets would share "
-                             "structure that no theft explains.")
+                             "Default: a random one, recorded in the job, and the ticket's initialisation is "
+                             "private. A seed you give makes it public: anyone may give the same, and a model "
+                             "that shares a public initialisation is never called a copy on white-box evidence "
+                             "alone (sign the ticket or embed a trigger set).")
     hyperparameters: dict[str, Any] = Field(default_factory=dict,
                                             description="Overrides of the method's defaults.")
 

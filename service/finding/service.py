@@ -29,7 +29,8 @@ def submit_find(session: Session, *, owner: Owner, arch: str, dataset: DatasetRe
                 hyperparameters: dict[str, Any], max_attempts: int) -> Job:
     """Validate the hyperparameters (422 naming the field) and queue the search. Commits. Without a
     `seed` a random one is drawn and kept in the job's parameters (a resumed search uses it again)."""
-    if seed is None:
+    drawn = seed is None  # a drawn seed is a private initialisation; a given one, anyone may give too
+    if drawn:
         seed = secrets.randbelow(2**31)
     finder = get_finder(method)
     config = build_config(finder.config_type, hyperparameters)
@@ -42,6 +43,7 @@ def submit_find(session: Session, *, owner: Owner, arch: str, dataset: DatasetRe
                            f"base ticket is {base['arch']} on {base['dataset']}, not {arch} on {dataset.name}")
     job = enqueue(session, owner_id=owner.id, kind=FIND_KIND, max_attempts=max_attempts,
                   params={"arch": arch, "dataset": dataclasses.asdict(dataset), "method": method, "seed": seed,
+                          "seed_drawn": drawn,
                           "hyperparameters": dataclasses.asdict(config),
                           "base_sha256": base["ticket_sha256"] if finder.needs_base else None})
     session.commit()

@@ -87,10 +87,10 @@ def register_ticket(
         raise APIError(422, "invalid_name", "name must not contain control characters")
     if (model is None) == (from_job is None):
         raise APIError(422, "invalid_request", "send either a `model` file or `from_job`, not both")
-    rewind_sha256 = None
+    rewind_sha256, seed_drawn = None, None
     if from_job is not None:
-        source, arch, dataset, rewind_sha256 = found_ticket_source(session, store, owner=owner, job_id=from_job,
-                                                                   arch=arch, dataset=dataset)
+        source, arch, dataset, rewind_sha256, seed_drawn = found_ticket_source(
+            session, store, owner=owner, job_id=from_job, arch=arch, dataset=dataset)
     else:
         if arch is None or dataset is None:
             raise APIError(422, "invalid_request", "`arch` and `dataset` are required with a model file")
@@ -111,7 +111,8 @@ def register_ticket(
     with store.staged(source, max_bytes=settings.max_upload_bytes) as upload:
         ticket = service.submit_registration(session, owner=owner, store=store, upload=upload, name=name,
                                              arch=arch, dataset=dataset_ref, signature=request_signature,
-                                             rewind_sha256=rewind_sha256, max_attempts=settings.max_attempts,
+                                             rewind_sha256=rewind_sha256, seed_drawn=seed_drawn,
+                                             max_attempts=settings.max_attempts,
                                              triggers=TriggerRequest(
                                                  enabled=trigger_set or trigger_upload is not None, size=trigger_size,
                                                  share=trigger_share, epochs=trigger_epochs, lr=trigger_lr,
@@ -121,8 +122,9 @@ def register_ticket(
 
 
 def found_ticket_source(session, store, *, owner, job_id: str, arch: str | None,
-                        dataset: str | None) -> tuple[BinaryIO, str, str, str]:
-    """The trained weights of a found ticket as a readable file, with its arch, dataset and artifact."""
+                        dataset: str | None) -> tuple[BinaryIO, str, str, str, bool | None]:
+    """The trained weights of a found ticket as a readable file, with its arch, dataset and artifact, and
+    whether its seed was drawn by the service (None: found before that was recorded)."""
     job = visible_job(session, owner=owner, job_id=job_id)
     path = found_ticket_path(store, job)
     found = load_ticket(path)
@@ -131,7 +133,7 @@ def found_ticket_source(session, store, *, owner, job_id: str, arch: str | None,
             raise APIError(422, "invalid_request",
                            f"{what} {given!r} does not match the found ticket's {actual!r}")
     buffer = io.BytesIO(save_safetensors({k: v.contiguous() for k, v in found.state.items()}))
-    return buffer, found.arch, found.dataset, job.result["ticket_sha256"]
+    return buffer, found.arch, found.dataset, job.result["ticket_sha256"], job.params.get("seed_drawn")
 
 
 @router.get("", response_model=TicketList)

@@ -50,10 +50,11 @@ REGISTER_KIND = "register_ticket"
 def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore, upload: Staged,
                         name: str, arch: str, dataset: DatasetRef, signature: SignatureRequest,
                         rewind_sha256: str | None, max_attempts: int,
-                        triggers: TriggerRequest | None = None) -> Ticket:
+                        triggers: TriggerRequest | None = None, seed_drawn: bool | None = None) -> Ticket:
     """Validate the uploaded model now (422 on bad input), keep it, queue its registration. Commits.
 
-    `rewind_sha256` names a found ticket whose rewind weights a QR signature revives weights from."""
+    `rewind_sha256` names a found ticket whose rewind weights a QR signature revives weights from;
+    `seed_drawn` says whether its search drew its seed (a private initialisation) or was given one."""
     session.commit()  # end the request's reads: no transaction idles while the upload is parsed and stored
     parse_for_arch(upload.path, arch=arch, spec=dataset.spec, require_sparse=True)
     record_artifact(session, sha256=store.keep(upload), size=upload.size, kind="upload")
@@ -62,6 +63,7 @@ def submit_registration(session: Session, *, owner: Owner, store: ArtifactStore,
     session.add(ticket)
     session.flush()
     params = registration_params(ticket, dataset) | {"signature": asdict(signature), "rewind_sha256": rewind_sha256,
+                                                     "seed_drawn": seed_drawn,
                                                      "triggers": asdict(triggers or TriggerRequest())}
     job = enqueue(session, owner_id=owner.id, kind=REGISTER_KIND, params=params, max_attempts=max_attempts)
     ticket.job_id = job.id
@@ -127,41 +129,45 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
 def _initialisation(ctx: JobContext, params: dict[str, Any], dataset: DatasetRef, weights: dict, mask: dict,
                     ) -> dict[str, Any]:
     """The registration's initialisation (`find_initialisation`), stored: the job shows none of it."""
-    found = find_initialisation(ctx.store, params["arch"], dataset.spec, weights, mask, params.get("rewind_sha256"))
+    found = find_initialisation(ctx.store, params["arch"], dataset.spec, weights, mask, params.get("rewind_sha256"),
+                                params.get("seed_drawn"))
     if found is None:
         return {"known": False}
-    signs_sha, signs_size = store_mask(ctx.store, found.signs)
-    return {"known": True, "signs_sha256": signs_sha, "signs_size": signs_size, "seed": found.seed,
-            "public": found.seed in KNOWN_SEEDS, "agreement": found.agreement.to_dict()}
+    signs_sha, signs_size = store_mask(ctx.store, found[0].signs)
+    return {"known": True, "signs_sha256": signs_sha, "signs_size": signs_size, "seed": found[0].seed,
+            "public": found[1], "agreement": found[0].agreement.to_dict()}
 
 
 def find_initialisation(store: ArtifactStore, arch: str, spec: tuple, weights: dict, mask: dict,
-                        rewind_sha256: str | None) -> KnownInitialisation | None:
-    """The initialisation `weights` start from: a found ticket's seed (`rewind_sha256`, checked against
-    the weights), else a seed anyone would try (`verifier.initialisation.KNOWN_SEEDS`), else None."""
+                        rewind_sha256: str | None, seed_drawn: bool | None) -> tuple[KnownInitialisation, bool] | None:
+    """The initialisation `weights` start from and whether it is public: a found ticket's seed
+    (`rewind_sha256`, checked against the weights; public when a person gave it or it is one of
+    `verifier.initialisation.KNOWN_SEEDS`, private when the search drew it), else a seed anyone would
+    try (public), else None."""
     if rewind_sha256:
         seed = load_ticket(store.path(rewind_sha256)).seed
         signs = seeded_signs(arch, spec, seed, mask)
         agreement = sign_agreement(signs, weights, mask)
         if agreement.log10_p <= math.log10(PUBLIC_SEED_ALPHA):
-            return KnownInitialisation(seed, signs, agreement)
-    return find_known_seed(arch, spec, weights, mask)
+            return KnownInitialisation(seed, signs, agreement), seed in KNOWN_SEEDS or seed_drawn is False
+    known = find_known_seed(arch, spec, weights, mask)
+    return (known, True) if known is not None else None
 
 
 def record_initialisation(session: Session, store: ArtifactStore, ticket: Ticket, spec: tuple,
-                          rewind_sha256: str | None) -> str:
+                          rewind_sha256: str | None, seed_drawn: bool | None) -> str:
     """Find and keep the initialisation of a ticket registered before tickets recorded one (`ticketguard
     calibrate`); a ticket whose initialisation stays unknown is marked checked (`init_public` False)."""
     from verifier.checkpoint import read_state_dict
     from verifier.masks import load_mask
 
     found = find_initialisation(store, ticket.arch, spec, read_state_dict(store.path(ticket.model_sha256)),
-                                load_mask(store.path(ticket.mask_sha256)), rewind_sha256)
+                                load_mask(store.path(ticket.mask_sha256)), rewind_sha256, seed_drawn)
     if found is not None:
-        signs_sha, signs_size = store_mask(store, found.signs)
+        signs_sha, signs_size = store_mask(store, found[0].signs)
         record_artifact(session, sha256=signs_sha, size=signs_size, kind="init_signs")
-        ticket.init_signs_sha256, ticket.init_seed = signs_sha, found.seed
-    ticket.init_public = found is not None and found.seed in KNOWN_SEEDS
+        ticket.init_signs_sha256, ticket.init_seed = signs_sha, found[0].seed
+    ticket.init_public = found is not None and found[1]
     session.commit()
     return initialisation_label(ticket)
 
