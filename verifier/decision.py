@@ -4,8 +4,9 @@
    test that is evidence only, such as an aligned test without enough references) and its
    evidence. A decoded QR payload whose MAC is valid is `decisive`.
 2. A candidate's tests combine by Bonferroni over the tests that gave a p: min(1, k * min p).
-3. Among the candidates compared, a decisive one wins, else the smallest combined p (ties go to the
-   earlier registration, which comes first).
+3. Among the candidates compared, a decisive one wins, else one whose combined p reaches alpha, else
+   one whose withheld tests (rule 5) would, else the smallest combined p (ties go to the earlier
+   registration, which comes first).
 4. The deciding candidate's p is corrected by Bonferroni over the candidates compared; `match` at
    p <= alpha (or a decisive result, whatever the p), `inconclusive` below the second threshold,
    else `no_match`.
@@ -97,11 +98,15 @@ class CandidateTests:
     def decisive(self) -> bool:
         return any(r.decisive for r in self.results)
 
-    def stronger_than(self, other: CandidateTests) -> bool:
-        """A decisive result beats any p; otherwise the smaller combined p (a tie keeps `other`)."""
-        if self.decisive != other.decisive:
-            return self.decisive
-        return self.p_value < other.p_value
+    def stronger_than(self, other: CandidateTests, *, alpha: float = MATCH_ALPHA) -> bool:
+        """A decisive result beats any p; then a combined p at most `alpha`; then withheld tests at most
+        `alpha` (the suspect shares this ticket's public initialisation: the search reports that
+        relation rather than a weaker candidate's p); then the smaller combined p, the smaller withheld
+        p (a tie keeps `other`)."""
+        return self._strength(alpha) > other._strength(alpha)
+
+    def _strength(self, alpha: float) -> tuple:
+        return (self.decisive, self.p_value <= alpha, self.withheld_p <= alpha, -self.p_value, -self.withheld_p)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form the evidence and reports carry: each scheme's evidence under its name, the
@@ -142,10 +147,10 @@ def decide(tests: CandidateTests, *, compared: int, alpha: float = MATCH_ALPHA,
     return Decision(outcome, p_value, "p_value", correction)
 
 
-def strongest(candidates: Sequence[CandidateTests]) -> CandidateTests | None:
+def strongest(candidates: Sequence[CandidateTests], *, alpha: float = MATCH_ALPHA) -> CandidateTests | None:
     """The candidate that decides: the first of the strongest (`CandidateTests.stronger_than`)."""
     best = None
     for tests in candidates:
-        if best is None or tests.stronger_than(best):
+        if best is None or tests.stronger_than(best, alpha=alpha):
             best = tests
     return best

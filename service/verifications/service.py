@@ -146,7 +146,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
                                 suspect.mask if masks else None, pair_seed(ticket.id, params["suspect_sha256"]),
                                 selection=1 if params["ticket_id"] else len(ranked))
         compared += 1
-        if best is None or tests.stronger_than(best[0]):  # ties keep the earlier registration
+        if best is None or tests.stronger_than(best[0], alpha=settings.match_alpha):  # ties keep the earlier one
             best = (tests, ticket, distance)
         if tests.decisive:
             break  # no later candidate can outweigh a valid MAC

@@ -66,3 +66,14 @@ def test_what_no_initialisation_explains_still_decides_beside_withheld_tests():
     decision = decide(triggers, compared=1)
     assert (decision.verdict, decision.p_value, decision.relation) == ("match", 1e-9, "derives_from_ticket")
     assert decide(_tests(("topology", 0.5)), compared=1).relation is None
+
+
+def test_a_search_reports_the_shared_initialisation_over_a_weaker_candidates_p():
+    """In a 1:N search an honest same-init suspect met its public-initialisation ticket (combined p 1,
+    withheld 1e-300) beside an unrelated one (p 0.4): the unrelated one decided, and the relation was
+    lost. A candidate reaching alpha still beats it."""
+    same_init = CandidateTests([_shared("topology", 1e-300)])
+    unrelated, copy = _tests(("topology", 0.4)), _tests(("topology", 1e-6))
+    assert strongest([unrelated, same_init]) is same_init
+    assert decide(strongest([unrelated, same_init]), compared=2).relation == "shares_initialisation"
+    assert strongest([same_init, copy]) is copy
