@@ -1,10 +1,13 @@
 """Verification latency on this machine: the topology test alone, and a whole verification via the API.
 
     python benchmarks/verify_latency.py [--repeats 5] [--archs lenet300_100 resnet20 resnet50] [--topology-only]
+        [--initialisation-only]
 
 Prints a table (median and max of the repeats, milliseconds). The topology test runs against an
 independent suspect (the sequential null stops early) and against the ticket itself (the tail bound
-decides). Via the API each architecture's
+decides). The initialisation test: the sign test a verification runs against a ticket whose
+initialisation is known, and the search among the seeds anyone would try that registering an
+upload runs. Via the API each architecture's
 ticket is registered three times: `fingerprint` first (no earlier tickets: the aligned test is
 uncalibrated and skipped), `qr`, and `fingerprint` again after 10 bulk tickets (`common.fill`), so
 that its aligned topology test is calibrated and runs.
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import embedded_service, fill, time_calls  # noqa: E402
 
+from verifier.initialisation import find_known_seed, seeded_signs, sign_agreement  # noqa: E402
 from verifier.masks import magnitude_mask  # noqa: E402
 from verifier.models import build_model, prunable_parameters  # noqa: E402
 from verifier.topology import compare_topology  # noqa: E402
@@ -40,6 +44,21 @@ def _ticket(arch: str, density: float, seed: int) -> tuple[dict, dict]:
     for name in names:
         weights[name] = weights[name] * mask[name]
     return weights, mask
+
+
+def initialisation_rows(archs: list[str], repeats: int) -> list[tuple[str, list[float]]]:
+    rows = []
+    for arch in archs:
+        weights, mask = _ticket(arch, 0.2, 20_261_207)  # a seed outside KNOWN_SEEDS: the search tries them all
+        signs = seeded_signs(arch, ((1, 8, 8), 10), 20_261_207, list(mask))
+        cells = sign_agreement(signs, weights, mask).cells
+        rows.append((f"sign test {arch} ({cells:,} cells)",
+                     time_calls(lambda signs=signs, weights=weights, mask=mask: sign_agreement(signs, weights, mask),
+                                repeats)))
+        rows.append((f"known-seed search {arch} (registering an upload)",
+                     time_calls(lambda arch=arch, weights=weights, mask=mask: find_known_seed(
+                         arch, ((1, 8, 8), 10), weights, mask), repeats)))
+    return rows
 
 
 def topology_rows(archs: list[str], repeats: int) -> list[tuple[str, list[float]]]:
@@ -106,10 +125,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=["lenet300_100", "resnet20", "resnet50"])
     parser.add_argument("--topology-only", action="store_true", help="Only the compare_topology rows.")
+    parser.add_argument("--initialisation-only", action="store_true", help="Only the initialisation test's rows.")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = topology_rows(args.archs, args.repeats)
-    if not args.topology_only:
+    rows = initialisation_rows(args.archs, args.repeats)
+    if not args.initialisation_only:
+        rows += topology_rows(args.archs, args.repeats)
+    if not (args.topology_only or args.initialisation_only):
         rows += api_rows(args.archs, args.repeats)
     width = max(len(name) for name, _ in rows)
     print(f"{'what':<{width}}  {'median ms':>10}  {'max ms':>8}")
