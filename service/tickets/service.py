@@ -100,7 +100,8 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(0.8, "storing weights and mask; finding the initialisation", force=True)
     model_sha, model_size = store_weights(ctx.store, weights)
     mask_sha, mask_size = store_mask(ctx.store, mask)
-    initialisation = _initialisation(ctx, params, dataset, weights, mask)
+    initialisation = describe_initialisation(ctx.store, params["arch"], dataset.spec, weights, mask,
+                                             params.get("rewind_sha256"), params.get("seed_drawn"))
     references, trigger_set = [], None
     with sessions_for(ctx.settings)() as session:
         if embedded is not None:
@@ -126,48 +127,47 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
             "topology_references": references, "trigger_set": trigger_set, "initialisation": initialisation}
 
 
-def _initialisation(ctx: JobContext, params: dict[str, Any], dataset: DatasetRef, weights: dict, mask: dict,
-                    ) -> dict[str, Any]:
-    """The registration's initialisation (`find_initialisation`), stored: the job shows none of it."""
-    found = find_initialisation(ctx.store, params["arch"], dataset.spec, weights, mask, params.get("rewind_sha256"),
-                                params.get("seed_drawn"))
-    if found is None:
-        return {"known": False}
-    signs_sha, signs_size = store_mask(ctx.store, found[0].signs)
-    return {"known": True, "signs_sha256": signs_sha, "signs_size": signs_size, "seed": found[0].seed,
-            "public": found[1], "agreement": found[0].agreement.to_dict()}
-
-
-def find_initialisation(store: ArtifactStore, arch: str, spec: tuple, weights: dict, mask: dict,
-                        rewind_sha256: str | None, seed_drawn: bool | None) -> tuple[KnownInitialisation, bool] | None:
-    """The initialisation `weights` start from and whether it is public: a found ticket's seed
-    (`rewind_sha256`, checked against the weights; public when a person gave it or it is one of
+def describe_initialisation(store: ArtifactStore, arch: str, spec: tuple, weights: dict, mask: dict,
+                            rewind_sha256: str | None, seed_drawn: bool | None) -> dict[str, Any]:
+    """The initialisation `weights` start from, its sign fingerprint stored like a mask: a found ticket's
+    seed (`rewind_sha256`, checked against the weights; public when a person gave it or it is one of
     `verifier.initialisation.KNOWN_SEEDS`, private when the search drew it), else a seed anyone would
-    try (public), else None."""
+    try (public), else `{"known": False}`."""
+    found, public = None, True
     if rewind_sha256:
         seed = load_ticket(store.path(rewind_sha256)).seed
         signs = seeded_signs(arch, spec, seed, mask)
         agreement = sign_agreement(signs, weights, mask)
         if agreement.log10_p <= math.log10(PUBLIC_SEED_ALPHA):
-            return KnownInitialisation(seed, signs, agreement), seed in KNOWN_SEEDS or seed_drawn is False
-    known = find_known_seed(arch, spec, weights, mask)
-    return (known, True) if known is not None else None
+            found, public = KnownInitialisation(seed, signs, agreement), seed in KNOWN_SEEDS or seed_drawn is False
+    found = found or find_known_seed(arch, spec, weights, mask)
+    if found is None:
+        return {"known": False}
+    signs_sha, signs_size = store_mask(store, found.signs)
+    return {"known": True, "signs_sha256": signs_sha, "signs_size": signs_size, "seed": found.seed,
+            "public": public, "agreement": found.agreement.to_dict()}
+
+
+def keep_initialisation(session: Session, ticket: Ticket, initialisation: dict[str, Any]) -> None:
+    """Record `describe_initialisation`'s answer on the ticket; an unknown one is marked checked
+    (`init_public` False, no fingerprint)."""
+    ticket.init_public = initialisation["known"] and initialisation["public"]
+    if initialisation["known"]:
+        record_artifact(session, sha256=initialisation["signs_sha256"], size=initialisation["signs_size"],
+                        kind="init_signs")
+        ticket.init_signs_sha256, ticket.init_seed = initialisation["signs_sha256"], initialisation["seed"]
 
 
 def record_initialisation(session: Session, store: ArtifactStore, ticket: Ticket, spec: tuple,
                           rewind_sha256: str | None, seed_drawn: bool | None) -> str:
     """Find and keep the initialisation of a ticket registered before tickets recorded one (`ticketguard
-    calibrate`); a ticket whose initialisation stays unknown is marked checked (`init_public` False)."""
+    calibrate`). Commits."""
     from verifier.checkpoint import read_state_dict
     from verifier.masks import load_mask
 
-    found = find_initialisation(store, ticket.arch, spec, read_state_dict(store.path(ticket.model_sha256)),
-                                load_mask(store.path(ticket.mask_sha256)), rewind_sha256, seed_drawn)
-    if found is not None:
-        signs_sha, signs_size = store_mask(store, found[0].signs)
-        record_artifact(session, sha256=signs_sha, size=signs_size, kind="init_signs")
-        ticket.init_signs_sha256, ticket.init_seed = signs_sha, found[0].seed
-    ticket.init_public = found is not None and found[1]
+    keep_initialisation(session, ticket, describe_initialisation(
+        store, ticket.arch, spec, read_state_dict(store.path(ticket.model_sha256)),
+        load_mask(store.path(ticket.mask_sha256)), rewind_sha256, seed_drawn))
     session.commit()
     return initialisation_label(ticket)
 
@@ -198,12 +198,7 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
         store_references(session, ticket.id, [(rid, value) for rid, value in trigger_set["references"]],
                          kind=TRIGGER_MATCHES)
         result["trigger_set"] = trigger_set["report"] | {"references": len(trigger_set["references"])}
-    initialisation = result.pop("initialisation")  # the seed stays server-side: a private one is a secret
-    ticket.init_public = initialisation["known"] and initialisation["public"]  # False: checked, not public
-    if initialisation["known"]:
-        record_artifact(session, sha256=initialisation["signs_sha256"], size=initialisation["signs_size"],
-                        kind="init_signs")
-        ticket.init_signs_sha256, ticket.init_seed = initialisation["signs_sha256"], initialisation["seed"]
+    keep_initialisation(session, ticket, result.pop("initialisation"))  # the seed stays server-side
     result["initialisation"] = initialisation_label(ticket)
     summary = result.pop("summary")  # the search index's row; not part of what the job shows
     session.add(TicketSummary(ticket_id=ticket.id, kind=SUMMARY_KIND,
