@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from verifier.aligned import aligned_overlap, calibrated_p  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
 from verifier.decision import CandidateTests, SchemeResult, bonferroni, decide, strongest  # noqa: E402
-from verifier.initialisation import KNOWN_SEEDS, seeded_signs, sign_agreement  # noqa: E402
-from verifier.masks import mask_from_weights, overall_density  # noqa: E402
+from verifier.initialisation import KNOWN_SEEDS, seeded_signs, suspect_agreement  # noqa: E402
+from verifier.masks import overall_density  # noqa: E402
 from verifier.models import permutable_axes  # noqa: E402
 from verifier.summaries import spectral_summary, summary_distances  # noqa: E402
 from verifier.tickets.controls import OneShotConfig, find_oneshot_ticket  # noqa: E402
@@ -131,7 +131,7 @@ class Judge:
         if ticket.seed not in self.signs:
             self.signs[ticket.seed] = seeded_signs(self.arch, self.spec, ticket.seed, list(ticket.mask))
         signs = self.signs[ticket.seed]
-        shared = sign_agreement(signs, suspect.state, mask_from_weights(suspect.state, list(signs))).shared
+        shared = suspect_agreement(signs, suspect.state).shared
         return shared and ticket.seed in KNOWN_SEEDS
 
     def kappa(self, ticket: Ticket, suspect: Ticket, key: tuple[int, int] | None = None) -> float:
@@ -184,8 +184,7 @@ def init_false_shares(tickets: list[Ticket], spec: tuple) -> tuple[int, int]:
         signs = seeded_signs(ticket.arch, spec, ticket.seed, list(ticket.mask))
         for suspect in tickets:
             if suspect is not ticket:
-                keep = mask_from_weights(suspect.state, list(signs))
-                flagged += sign_agreement(signs, suspect.state, keep).shared
+                flagged += suspect_agreement(signs, suspect.state).shared
                 tried += 1
     return flagged, tried
 

@@ -58,6 +58,11 @@ class SchemeResult:
     decisive: bool = False  # a decoded QR payload with a valid MAC
     withheld: str | None = None  # why this test's p counts for nothing (its null does not cover the suspect)
 
+    @property
+    def report(self) -> dict[str, Any]:
+        """The evidence, with why the test was withheld where it was."""
+        return self.evidence | ({"withheld": self.withheld} if self.withheld else {})
+
 
 @dataclass
 class CandidateTests:
@@ -111,8 +116,7 @@ class CandidateTests:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form the evidence and reports carry: each scheme's evidence under its name, the
         schemes that gave a p, their p-values and the combined p."""
-        out: dict[str, Any] = {r.scheme: r.evidence | ({"withheld": r.withheld} if r.withheld else {})
-                               for r in self.results}
+        out: dict[str, Any] = {r.scheme: r.report for r in self.results}
         counted = self.counted
         out |= {"schemes": [r.scheme for r in counted], "p_values": [r.p_value for r in counted],
                 "p_value": self.p_value, "withheld": [r.scheme for r in self.withheld]}

@@ -97,6 +97,15 @@ def _log_upper_tail(k: int, n: int) -> float:
     return log_term - math.log1p(-ratio)
 
 
+def suspect_agreement(signs: Mask, weights: dict[str, torch.Tensor], declared: Mask | None = None) -> SignAgreement:
+    """The sign test on every cell a suspect uses: its nonzero weights, within its `declared` mask if
+    it has one. A choice of cells made without the initialisation, so the p stays exact."""
+    used = {name: weights[name].detach().cpu() != 0 for name in signs if name in weights}
+    if declared is not None:
+        used = {name: keep & declared[name].cpu().bool() if name in declared else keep for name, keep in used.items()}
+    return sign_agreement(signs, weights, used)
+
+
 def seeded_signs(arch: str, spec: tuple, seed: int, names: Iterable[str]) -> Mask:
     """The initial signs `verifier.models.build_model` draws after `torch.manual_seed(seed)`, as this
     project's finders start (the global RNG is restored afterwards)."""

@@ -39,7 +39,7 @@ from verifier.aligned import STATISTIC, aligned_overlap, calibrated_p
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.decision import CandidateTests, Decision, SchemeResult, bonferroni, decide
 from verifier.errors import VerifierError
-from verifier.initialisation import sign_agreement
+from verifier.initialisation import suspect_agreement
 from verifier.masks import load_mask, mask_from_weights
 from verifier.models import build_model, permutable_axes
 from verifier.summaries import spectral_summary
@@ -174,9 +174,9 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
                          "decided_by": decision.decided_by, "summary_distance": distance,
                          "correction": decision.correction})
     topology = tests.get("topology")
-    evidence["topology"] = (topology.evidence if disclose else {
-        k: topology.evidence[k] for k in ("p_value", "z", "jaccard", "suspect_dense", "estimated_layers")}) | (
-        {"withheld": topology.withheld} if topology.withheld else {})
+    evidence["topology"] = topology.report if disclose else {
+        k: topology.report[k] for k in ("p_value", "z", "jaccard", "suspect_dense", "estimated_layers", "withheld")
+        if k in topology.report}
     evidence["relation"] = decision.relation
     if tests.initialisation is not None:
         evidence["initialisation"] = tests.initialisation if disclose else {
@@ -185,8 +185,7 @@ def run_verification(ctx: JobContext) -> dict[str, Any]:
         evidence["key_mask"] = key_evidence
     for scheme in ("aligned_topology", "trigger_set"):
         if tests.get(scheme) is not None and disclose:
-            result = tests.get(scheme)
-            evidence[scheme] = result.evidence | ({"withheld": result.withheld} if result.withheld else {})
+            evidence[scheme] = tests.get(scheme).report
     qr = tests.get("qr")
     if qr is not None and disclose:
         # where the code sits and what the window shows stay with the ticket's owner
@@ -360,11 +359,7 @@ def _initialisation(ctx: JobContext, ticket: Ticket, suspect_weights: dict, susp
     initialisation is unknown."""
     if ticket.init_signs_sha256 is None:
         return {"known": False}
-    signs = load_mask(ctx.store.path(ticket.init_signs_sha256))
-    used = mask_from_weights(suspect_weights, list(signs))
-    if suspect_mask is not None:
-        used = {name: keep & suspect_mask[name].bool() if name in suspect_mask else keep for name, keep in used.items()}
-    agreement = sign_agreement(signs, suspect_weights, used)
+    agreement = suspect_agreement(load_mask(ctx.store.path(ticket.init_signs_sha256)), suspect_weights, suspect_mask)
     return {"known": True, "public": bool(ticket.init_public), **agreement.to_dict()}
 
 
