@@ -160,6 +160,34 @@ def test_a_dense_rescaled_copy_is_cut_back_to_the_tickets_weights_by_balanced_ma
     assert recovered(rescaled, balanced=True) == recovered(dense, balanced=True) > 0.9
 
 
+def test_a_densified_permuted_rescaled_copy_of_a_signed_ticket_is_a_match(client, alice, bob, model_files):
+    """Finding 2, dense form through the API: every pruned weight revived at 0.2 of the kept weights' mean
+    magnitude, every channel permuted and every unit rescaled (1/100 to 100). Cut back to the ticket's
+    density, the signature layer keeps too few of its own weights for its alignment to find the code
+    (`no_match`; module p 0.24-0.83 over 6 placements); the layers around it still name its units (`verifier.
+    network_alignment`), and the module test reads the code at the permutations' floor."""
+    from safetensors.torch import load, save
+
+    from verifier.attacks import reparametrise_checked
+
+    ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
+    signed = load(client.get(f"/v1/tickets/{ticket['id']}/model", headers=alice.headers).content)
+    generator, dense = torch.Generator().manual_seed(0), dict(signed)
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        kept = signed[name] != 0
+        revived = 0.2 * signed[name][kept].abs().mean() * torch.randn(kept.shape, generator=generator)
+        dense[name] = torch.where(kept, signed[name], revived)
+    copy = save({k: v.contiguous() for k, v in
+                 reparametrise_checked("lenet300_100", dense, (1, 8, 8), 10, seed=5).items()})
+    targeted = verify_ok(client, alice.headers, copy, ticket_id=ticket["id"])
+    qr = targeted["evidence"]["qr"]
+    assert targeted["evidence"]["topology"]["suspect_dense"] is True
+    assert targeted["verdict"] == "match" and qr["p_value"] == 1 / 20_000, targeted["evidence"]
+    assert qr["alignment"]["by"] == "network"
+    searched = verify_ok(client, bob.headers, copy)
+    assert searched["verdict"] == "match" and searched["ticket_id"] == ticket["id"], searched["evidence"]
+
+
 @pytest.fixture(scope="module")
 def same_init_tickets(tmp_path_factory) -> tuple[bytes, bytes]:
     """Two honest tickets from the finder's former default seed (0) with their own recipes: alice's IMP
