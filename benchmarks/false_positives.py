@@ -7,23 +7,24 @@ without a signature carries, targeted and 1:N, and the null p-values against the
 Tickets (digits): `--independent` tickets, ticket i with seed 1000 + i and recipe i of a grid that
 crosses the finder (IMP 3 x 50 %, 2 x 60 % or 4 x 40 % with rewinding; one-shot to 15 or 25 %; CTS
 to 10 or 20 %), the learning rate (0.02, 0.05, 0.1), the batch size (32, 64, 128) and the epochs
-(10, 15, 20), in an order shuffled with seed 0; and `--same-init` tickets that share one
-initialisation (seed 7, one of `verifier.initialisation.KNOWN_SEEDS`, so public) and differ only by
+(10, 15, 20; `--epochs` sets others), in an order shuffled with seed 0; and `--same-init` tickets
+that share one initialisation (seed 7, one of `verifier.initialisation.KNOWN_SEEDS`, so public) and differ only by
 recipe (distinct grid entries): honest parties starting from the same public init. A suspect that
 shares the registered ticket's public initialisation has its white-box tests withheld, as in the
 service (`verifier.decision`, rule 5); the sign test's false positives are counted over every ordered
 pair of independent tickets. Each ticket is cached in DIR (safetensors), so a run resumes.
 
 Targeted: `--pairs` ordered pairs (registered, suspect) of distinct independent tickets, drawn at
-random (seed 0). Each is judged as the service judges a suspect against an unsigned ticket: the
-topology test (consistent null, permutation p and tail bound, up to `--permutations`) and the aligned
-topology test calibrated on 20 other independent tickets within a factor 2 of the registered one's
-density (never the suspect), combined and decided by `verifier.decision`. The same for every pair of
-same-init tickets (up to `--same-init-pairs`). 1:N: `--searches` independent tickets, each searched
-for among all the other independent tickets: ranked by weight summary, the nearest 5 tested in full
-(the aligned test on the nearest, its p corrected over every ticket it was chosen from), decided over
-the 5. Prints the tables (false matches with the 95 % one-sided Clopper-Pearson upper bound) and
-writes a QQ plot of the targeted null p-values against the uniform, with a pointwise 95 % band.
+random (seed 0; with `--registered K` the registered one among K tickets drawn first). Each is
+judged as the service judges a suspect against an unsigned ticket: the topology test (consistent
+null, permutation p and tail bound, up to `--permutations`) and the aligned topology test calibrated
+on 20 other independent tickets within a factor 2 of the registered one's density (never the
+suspect), combined and decided by `verifier.decision`. The same for every pair of same-init tickets
+(up to `--same-init-pairs`). 1:N: `--searches` independent tickets, each searched for among all the
+other independent tickets: ranked by weight summary, the nearest 5 tested in full (the aligned test
+on the nearest, its p corrected over every ticket it was chosen from), decided over the 5. Prints
+the tables (false matches with the 95 % one-sided Clopper-Pearson upper bound) and writes a QQ plot
+of the targeted null p-values against the uniform, with a pointwise 95 % band.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,7 +62,9 @@ PRUNINGS = [("imp", {"rounds": 3, "rate": 0.5}), ("imp", {"rounds": 2, "rate": 0
             ("imp", {"rounds": 4, "rate": 0.4}), ("oneshot", {"target_density": 0.15}),
             ("oneshot", {"target_density": 0.25}), ("cts", {"target_density": 0.1}),
             ("cts", {"target_density": 0.2})]
-RECIPES = list(itertools.product(range(len(PRUNINGS)), (0.02, 0.05, 0.1), (32, 64, 128), (10, 15, 20)))
+EPOCHS = (10, 15, 20)
+# (pruning index, lr, batch size, epochs index into the run's epochs grid)
+RECIPES = list(itertools.product(range(len(PRUNINGS)), (0.02, 0.05, 0.1), (32, 64, 128), range(3)))
 np.random.default_rng(0).shuffle(RECIPES)
 SAME_INIT_SEED = 7
 REFERENCES = 20
@@ -68,9 +72,10 @@ SHORTLIST = 5
 DENSITY_FACTOR = 2.0
 
 
-def find(arch: str, data, seed: int, recipe: tuple) -> Ticket:
-    """One ticket by recipe (pruning index, lr, batch size, epochs)."""
-    pruning, lr, batch, epochs = recipe
+def find(arch: str, data, seed: int, recipe: tuple, epochs_grid: tuple[int, ...] = EPOCHS) -> Ticket:
+    """One ticket by recipe (pruning index, lr, batch size, index into `epochs_grid`)."""
+    pruning, lr, batch, epoch_index = recipe
+    epochs = epochs_grid[epoch_index]
     method, params = PRUNINGS[pruning]
     train = TrainConfig(epochs=epochs, lr=lr, batch_size=batch)
     if method == "imp":
@@ -80,8 +85,10 @@ def find(arch: str, data, seed: int, recipe: tuple) -> Ticket:
     return find_cts_ticket(arch, data, seed=seed, config=CtsConfig(train=train, pretrain=train, **params))
 
 
-def population(arch: str, count: int, same_init: int, cache: Path) -> tuple[list[Ticket], list[Ticket]]:
-    """The independent and the same-init tickets, found or read from `cache`."""
+def population(arch: str, count: int, same_init: int, cache: Path, epochs_grid: tuple[int, ...] = EPOCHS,
+               shard: tuple[int, int] = (0, 1)) -> tuple[list[Ticket], list[Ticket]]:
+    """The independent and the same-init tickets, found or read from `cache`; with `shard` (k, n) only
+    every n-th ticket from the k-th is found or read (several processes fill one cache)."""
     cache.mkdir(parents=True, exist_ok=True)
     data = load_dataset("digits")
     started, found = time.monotonic(), 0
@@ -90,14 +97,15 @@ def population(arch: str, count: int, same_init: int, cache: Path) -> tuple[list
         nonlocal found
         path = cache / f"{arch}-{kind}-{index}.safetensors"
         if not path.exists():
-            save_ticket(find(arch, data, seed, recipe), path)
+            save_ticket(find(arch, data, seed, recipe, epochs_grid), path)
             found += 1
             if found % 25 == 0:
                 print(f"  {found} tickets found in {time.monotonic() - started:.0f} s", file=sys.stderr)
         return load_ticket(path)
 
-    independent = [get("independent", i, 1000 + i, RECIPES[i % len(RECIPES)]) for i in range(count)]
-    shared = [get("same-init", j, SAME_INIT_SEED, RECIPES[j % len(RECIPES)]) for j in range(same_init)]
+    k, n = shard
+    independent = [get("independent", i, 1000 + i, RECIPES[i % len(RECIPES)]) for i in range(k, count, n)]
+    shared = [get("same-init", j, SAME_INIT_SEED, RECIPES[j % len(RECIPES)]) for j in range(k, same_init, n)]
     return independent, shared
 
 
@@ -248,9 +256,20 @@ def main() -> None:
     parser.add_argument("--same-init", type=int, default=100)
     parser.add_argument("--pairs", type=int, default=10_000)
     parser.add_argument("--same-init-pairs", type=int, default=1_000)
+    parser.add_argument("--registered", type=int,
+                        help="Draw the targeted pairs' registered tickets from this many (random) tickets only "
+                             "(default: all). Each registered ticket is calibrated on 20 alignments; on resnet20 "
+                             "an alignment takes about 0.7 s, so this bounds the run's cost.")
     parser.add_argument("--searches", type=int, default=300)
     parser.add_argument("--permutations", type=int, default=99_999)
     parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, nargs=3, default=EPOCHS, metavar=("SHORT", "MID", "LONG"),
+                        help="The grid's three training lengths (default 10 15 20; the conv nets' runs used 4 6 8 "
+                             "to fit the machine).")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--find-only", metavar="K/N",
+                        help="Only find (and cache) shard K of N of the tickets, then stop: run N such processes "
+                             "side by side, then the benchmark itself on the filled cache.")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--same-init-permutations", type=int,
                         help="Permutations for the same-init pairs (default: --permutations). Their white-box "
@@ -262,7 +281,13 @@ def main() -> None:
                              "again (the pairs are drawn the same way, so the same --pairs gives the same pairs).")
     args = parser.parse_args()
     started = time.monotonic()
-    independent, shared = population(args.arch, args.independent, args.same_init, args.cache)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.find_only is not None:
+        k, n = (int(v) for v in args.find_only.split("/"))
+        population(args.arch, args.independent, args.same_init, args.cache, tuple(args.epochs), (k, n))
+        return
+    independent, shared = population(args.arch, args.independent, args.same_init, args.cache, tuple(args.epochs))
     densities = [overall_density(t.mask) for t in independent]
     print(f"{args.arch}: {len(independent)} independent tickets (accuracy "
           f"{np.mean([t.accuracy for t in independent]):.3f}, density {min(densities):.1%}-{max(densities):.1%}), "
@@ -271,8 +296,12 @@ def main() -> None:
     judge = Judge(args.arch, independent, args.permutations)
     n = len(independent)
     pairs = set()
-    while len(pairs) < min(args.pairs, n * (n - 1)):
-        r, s = (int(v) for v in rng.integers(0, n, size=2))
+    registered = None if args.registered is None else rng.choice(n, size=min(args.registered, n), replace=False)
+    while len(pairs) < min(args.pairs, (len(registered) if registered is not None else n) * (n - 1)):
+        if registered is None:
+            r, s = (int(v) for v in rng.integers(0, n, size=2))
+        else:  # each registered ticket calibrates once (20 alignments), so fewer of them cost less
+            r, s = int(registered[rng.integers(len(registered))]), int(rng.integers(n))
         if r != s:
             pairs.add((r, s))
     targeted = []
