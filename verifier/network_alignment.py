@@ -51,7 +51,8 @@ def _similarity(group: int, layers: dict[str, tuple[np.ndarray, np.ndarray]], gr
 
 def align_units(ticket: dict[str, torch.Tensor], suspect: dict[str, torch.Tensor], groups: dict[str, LayerGroups],
                 *, exclude: set[str] | frozenset[str] = frozenset(), sweeps: int = SWEEPS) -> dict[int, np.ndarray]:
-    """For every unit group: perm[i] = the suspect unit matched to the ticket's unit i. `groups` from
+    """For every unit group some compared layer indexes: perm[i] = the suspect unit matched to the
+    ticket's unit i. `groups` from
     `verifier.units.layer_groups` (every weight layer, the unpruned first and last ones too: their
     fixed pixels and classes anchor the rest); both weight dicts hold each layer named there in the
     same shape (pruned weights zero). The layers in `exclude` are left out of the matching entirely

@@ -40,8 +40,9 @@ from verifier.checkpoint import read_state_dict, split_masks
 from verifier.decision import CandidateTests, Decision, SchemeResult, bonferroni, decide
 from verifier.errors import VerifierError
 from verifier.initialisation import suspect_agreement
-from verifier.masks import load_mask, mask_from_weights
+from verifier.masks import load_mask
 from verifier.models import build_model, permutable_axes
+from verifier.signatures.signing import signature_read_mask
 from verifier.summaries import spectral_summary
 from verifier.topology import compare_topology, estimate_suspect_mask
 from verifier.units import layer_groups
@@ -325,12 +326,9 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
                            initialisation=relation)
     # the alignment-based tests read a dense suspect cut back by balanced magnitudes, which a per-unit
     # rescaling cannot steer; the topology test above keeps the raw cut (no alignment to undo it)
-    mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
+    mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
     if signature is not None:
-        # a sparse suspect's code is read from its own nonzeros: weights added back (the add-on attack)
-        # flip only the dark modules they land on, whereas cutting the layer back to the ticket's
-        # density would drop the code's smallest weights (those the code turned on) and flip far more
-        window_mask = mask if dense or suspect_mask is not None else mask_from_weights(suspect_weights, list(mask))
+        window_mask = signature_read_mask(ticket_mask, suspect_weights, suspect_mask)
         qr = check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,

@@ -11,7 +11,7 @@ import torch
 
 from verifier.align import Alignment, align_layer
 from verifier.data import Dataset
-from verifier.masks import Mask, overall_density
+from verifier.masks import Mask, mask_from_weights, overall_density
 from verifier.models import build_model, permutable_axes
 from verifier.network_alignment import align_units, layer_alignment, shared_kept
 from verifier.signatures.qr import (
@@ -24,6 +24,7 @@ from verifier.signatures.qr import (
     read_window,
     whiten,
 )
+from verifier.topology import estimate_suspect_mask
 from verifier.training import TrainConfig, evaluate, train
 from verifier.units import layer_groups
 
@@ -120,9 +121,22 @@ def _align_signature_layer(arch: str, layer: str, block: tuple[slice, slice], ti
               if suspect.get(name) is not None and suspect[name].shape == ticket_weights[name].shape}
     if layer not in groups:
         return own, "layer"
-    network = layer_alignment(align_units(ticket_weights, suspect, groups, exclude={layer}), groups[layer],
-                              tuple(ticket_weights[layer].shape))
+    perms = align_units(ticket_weights, suspect, groups, exclude={layer})
+    if any(group is not None and group not in perms for group in groups[layer]):
+        return own, "layer"  # no other layer of the suspect indexes that side (a replaced head, say)
+    network = layer_alignment(perms, groups[layer], tuple(ticket_weights[layer].shape))
     if shared_kept(ticket_weights[layer], masked[layer], network, block) >= shared_kept(
             ticket_weights[layer], masked[layer], own, block):
         return network, "network"
     return own, "layer"
+
+
+def signature_read_mask(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor],
+                        suspect_mask: Mask | None = None) -> Mask:
+    """The suspect's mask the QR test reads: a declared mask (AND nonzero) as given; a dense suspect
+    cut back to the ticket's density by balanced magnitude (`verifier.topology.estimate_suspect_mask`);
+    otherwise its own nonzeros. A sparse suspect's code is read from its nonzeros: weights added back
+    (the add-on attack) flip only the dark modules they land on, whereas cutting the layer back to the
+    ticket's density would drop the code's smallest weights (those the code turned on) and flip far more."""
+    mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
+    return mask if dense or suspect_mask is not None else mask_from_weights(suspect_weights, list(mask))
