@@ -49,6 +49,8 @@ from verifier.decision import CandidateTests, SchemeResult, bonferroni, decide, 
 from verifier.initialisation import KNOWN_SEEDS, seeded_signs, suspect_agreement  # noqa: E402
 from verifier.masks import overall_density  # noqa: E402
 from verifier.models import permutable_axes  # noqa: E402
+from verifier.signatures.qr import make_code, make_payload, whitening_key  # noqa: E402
+from verifier.signatures.signing import read_signature, sign_ticket, signature_read_mask  # noqa: E402
 from verifier.summaries import spectral_summary, summary_distances  # noqa: E402
 from verifier.tickets.controls import OneShotConfig, find_oneshot_ticket  # noqa: E402
 from verifier.tickets.cts import CtsConfig, find_cts_ticket  # noqa: E402
@@ -67,6 +69,7 @@ EPOCHS = (10, 15, 20)
 RECIPES = list(itertools.product(range(len(PRUNINGS)), (0.02, 0.05, 0.1), (32, 64, 128), range(3)))
 np.random.default_rng(0).shuffle(RECIPES)
 SAME_INIT_SEED = 7
+QR_SECRET = b"benchmark secret"
 REFERENCES = 20
 SHORTLIST = 5
 DENSITY_FACTOR = 2.0
@@ -197,6 +200,32 @@ def init_false_shares(tickets: list[Ticket], spec: tuple) -> tuple[int, int]:
     return flagged, tried
 
 
+def qr_false_positives(tickets: list[Ticket], count: int, permutations: int) -> tuple[list[Judged], int]:
+    """The first `count` tickets signed as the service signs them (a whitened version 3-H code, 2
+    recovery epochs), and every other ticket read against each as the service reads a suspect
+    (`signature_read_mask`, `read_signature`): the QR module test's null, judged alone. Also how many
+    reads took the network alignment."""
+    data = load_dataset(tickets[0].dataset)
+    rows, network = [], 0
+    for index, ticket in enumerate(tickets[:count]):
+        code = make_code(make_payload(QR_SECRET, "owner", f"ticket-{index}"))
+        key = whitening_key(QR_SECRET, f"ticket-{index}")
+        signed = sign_ticket(ticket.arch, data, ticket.state, ticket.mask, ticket.rewind, code, key=key, seed=index)
+        for other, suspect in enumerate(tickets):
+            if other != index:
+                read = read_signature(ticket.arch, code, signed.placement, signed.weights, suspect.state,
+                                      signature_read_mask(signed.mask, suspect.state), key=key,
+                                      permutations=permutations, seed=other)
+                valid = read["decoded"] == code.payload
+                tests = CandidateTests([SchemeResult("qr", read["p_value"], read, decisive=valid)])
+                decision = decide(tests, compared=1)
+                # the QR p in the topology fields: the table and the JSON lines read them alike
+                rows.append(Judged(read["p_value"], read["p_value"], None, None, decision.verdict, decision.p_value,
+                                   False))
+                network += read["alignment"]["by"] == "network"
+    return rows, network
+
+
 def judged(tests: CandidateTests, compared: int = 1) -> Judged:
     topology, aligned = tests.get("topology"), tests.get("aligned_topology")
     decision = decide(tests, compared=compared)
@@ -275,6 +304,9 @@ def main() -> None:
                         help="Permutations for the same-init pairs (default: --permutations). Their white-box "
                              "tests are withheld, so this sets only how low their evidence p can go; a pair the "
                              "bound does not decide draws them all.")
+    parser.add_argument("--qr-references", type=int, default=0,
+                        help="Also sign this many of the independent tickets with a QR code and read every other "
+                             "independent ticket against each (the QR module test's false positives).")
     parser.add_argument("--out", type=Path, help="Write every judged pair as JSON lines here.")
     parser.add_argument("--targeted-from", type=Path,
                         help="Take the targeted pairs from an earlier run's --out file instead of judging them "
@@ -343,12 +375,19 @@ def main() -> None:
     if same:
         print(f"\nsame-init pairs read as sharing the registered ticket's public initialisation: "
               f"{sum(r.shares_init for r in same)} of {len(same)}")
+    qr_rows, network = qr_false_positives(independent, args.qr_references, min(args.permutations, 9_999))
+    if qr_rows:
+        print("\n| pairs | n | false matches | 95 % upper bound | inconclusive | min p | median p |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        table(f"independent, QR module test against {args.qr_references} signed tickets (9,999 permutations)",
+              qr_rows)
+        print(f"read through the network alignment (the rest through the layer's own): {network} of {len(qr_rows)}")
     flagged, tried = init_false_shares(independent, judge.spec)
     print(f"independent ordered pairs read as sharing an initialisation: {flagged} of {tried} "
           f"(95 % upper bound {upper_bound(flagged, tried):.2e})")
     if args.out is not None:
         with args.out.open("w") as out:
-            for kind, rows in (("targeted", targeted), ("search", searched), ("same_init", same)):
+            for kind, rows in (("targeted", targeted), ("search", searched), ("same_init", same), ("qr", qr_rows)):
                 out.writelines(json.dumps({"kind": kind, **asdict(row)}) + "\n" for row in rows)
     if not targeted:
         return
