@@ -36,3 +36,26 @@ def test_a_permuted_rescaled_copy_is_aligned_exactly_in_every_layer(arch):
     assert _aligned_patterns_match(ticket, copy, groups, perms) == []
 
 
+
+
+def test_a_signature_is_read_through_the_layers_around_it_or_the_layers_own_alignment():
+    """A permuted copy of a signed ticket reads its code at the floor; with the head replaced (another
+    number of classes, so no other layer indexes fc2's rows) the layer's own alignment is used."""
+    from verifier.data import load_dataset
+    from verifier.signatures.qr import make_code
+    from verifier.signatures.signing import read_signature, sign_ticket, signature_read_mask
+    from verifier.training import TrainConfig
+
+    ticket, names = _ticket("lenet300_100", 3)
+    data = load_dataset("digits")
+    code = make_code("tg:owner:ticket")
+    mask = {name: ticket[name] != 0 for name in names}
+    signed = sign_ticket("lenet300_100", data, ticket, mask, ticket, code, recovery=TrainConfig(epochs=0))
+    copy = reparametrise_checked("lenet300_100", signed.weights, (1, 8, 8), 10, seed=2)
+    read = read_signature("lenet300_100", code, signed.placement, signed.weights, copy,
+                          signature_read_mask(signed.mask, copy), permutations=999)
+    assert read["p_value"] == 1 / 1000, read["module_test"]
+    headless = dict(copy, **{"fc3.weight": torch.randn(7, 100), "fc3.bias": torch.zeros(7)})
+    read = read_signature("lenet300_100", code, signed.placement, signed.weights, headless,
+                          signature_read_mask(signed.mask, headless), permutations=999)
+    assert read["alignment"]["by"] == "layer"
