@@ -132,11 +132,15 @@ def _align_signature_layer(arch: str, layer: str, block: tuple[slice, slice], ti
 
 
 def signature_read_mask(ticket_mask: Mask, suspect_weights: dict[str, torch.Tensor],
-                        suspect_mask: Mask | None = None) -> Mask:
+                        suspect_mask: Mask | None = None, *,
+                        estimated: tuple[Mask, list[str], bool] | None = None) -> Mask:
     """The suspect's mask the QR test reads: a declared mask (AND nonzero) as given; a dense suspect
-    cut back to the ticket's density by balanced magnitude (`verifier.topology.estimate_suspect_mask`);
-    otherwise its own nonzeros. A sparse suspect's code is read from its nonzeros: weights added back
-    (the add-on attack) flip only the dark modules they land on, whereas cutting the layer back to the
-    ticket's density would drop the code's smallest weights (those the code turned on) and flip far more."""
-    mask, _, dense = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
+    cut back to the ticket's density by balanced magnitude (`verifier.topology.estimate_suspect_mask`;
+    `estimated` is its result where the caller has it already); otherwise its own nonzeros. A sparse
+    suspect's code is read from its nonzeros: weights added back (the add-on attack) flip only the
+    dark modules they land on, whereas cutting the layer back to the ticket's density would drop the
+    code's smallest weights (those the code turned on) and flip far more."""
+    if estimated is None:
+        estimated = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
+    mask, _, dense = estimated
     return mask if dense or suspect_mask is not None else mask_from_weights(suspect_weights, list(mask))
