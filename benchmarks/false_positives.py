@@ -43,7 +43,7 @@ from scipy.stats import beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verifier.aligned import aligned_overlap, calibrated_p  # noqa: E402
+from verifier.aligned import DensityOutsideReferences, aligned_overlap, calibrated_p  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
 from verifier.decision import CandidateTests, SchemeResult, bonferroni, decide, strongest  # noqa: E402
 from verifier.initialisation import KNOWN_SEEDS, seeded_signs, suspect_agreement  # noqa: E402
@@ -121,6 +121,7 @@ class Judged:
     decision: str
     p_value: float
     shares_init: bool
+    aligned_uncalibrated: bool = False  # the suspect's density lies beyond its references': no aligned p
 
 
 class Judge:
@@ -133,6 +134,7 @@ class Judge:
         self.densities = np.array([overall_density(t.mask) for t in tickets])
         self.kappas: dict[tuple[int, int], float] = {}
         self.seconds = {"topology": 0.0, "aligned": 0.0}
+        self.unadjusted_p: list[float] = []  # the aligned p without the density fit, for comparison
         self.spec = (load_dataset(tickets[0].dataset).input_shape, load_dataset(tickets[0].dataset).num_classes)
         self.signs: dict[int, dict] = {}  # the registered tickets' initial signs, by seed
 
@@ -164,15 +166,16 @@ class Judge:
         parts = [(np.array(v) - np.mean(v)) / np.std(v) for v in by_ticket.values() if len(v) >= 10 and np.std(v) > 0]
         return np.concatenate(parts) if parts else np.zeros(1)
 
-    def references(self, registered: int, exclude: set[int]) -> list[float]:
-        """The registered ticket's calibration: its kappa against REFERENCES other tickets of similar
-        density (the same ones for every suspect but the suspect itself)."""
+    def references(self, registered: int, exclude: set[int]) -> list[tuple[float, float]]:
+        """The registered ticket's calibration: (kappa, density) against REFERENCES other tickets of
+        similar density (the same ones for every suspect but the suspect itself)."""
         density = self.densities[registered]
         near = [i for i in range(len(self.tickets)) if i != registered and i not in exclude
                 and density / DENSITY_FACTOR <= self.densities[i] <= density * DENSITY_FACTOR]
-        return [self.kappa(self.tickets[registered], self.tickets[i], (registered, i)) for i in near[:REFERENCES]]
+        return [(self.kappa(self.tickets[registered], self.tickets[i], (registered, i)), float(self.densities[i]))
+                for i in near[:REFERENCES]]
 
-    def tests(self, ticket: Ticket, suspect: Ticket, seed: int, references: list[float] | None,
+    def tests(self, ticket: Ticket, suspect: Ticket, seed: int, references: list[tuple[float, float]] | None,
               selection: int = 1) -> CandidateTests:
         started = time.perf_counter()
         topology = compare_topology(ticket.mask, suspect.state, groups=self.groups, permutations=self.permutations,
@@ -181,7 +184,14 @@ class Judge:
         withheld = "shares a public initialisation" if self.shares_public_init(ticket, suspect) else None
         tests = CandidateTests([SchemeResult("topology", topology.p_value, topology.to_dict(), withheld=withheld)])
         if references is not None:
-            calibration = calibrated_p(self.kappa(ticket, suspect), references)
+            kappa, (values, densities) = self.kappa(ticket, suspect), zip(*references, strict=True)
+            self.unadjusted_p.append(calibrated_p(kappa, values).p_value)
+            try:
+                calibration = calibrated_p(kappa, values, densities=densities,
+                                           suspect_density=overall_density(suspect.mask))
+            except DensityOutsideReferences as exc:
+                tests.add(SchemeResult("aligned_topology", None, {"calibrated": False, "reason": str(exc)}))
+                return tests
             tests.add(SchemeResult("aligned_topology", bonferroni(calibration.p_value, selection),
                                    calibration.to_dict(), withheld=withheld))
         return tests
@@ -229,9 +239,10 @@ def qr_false_positives(tickets: list[Ticket], count: int, permutations: int) -> 
 def judged(tests: CandidateTests, compared: int = 1) -> Judged:
     topology, aligned = tests.get("topology"), tests.get("aligned_topology")
     decision = decide(tests, compared=compared)
-    return Judged(topology.p_value, topology.evidence["p_permutation"], aligned.p_value if aligned else None,
-                  aligned.evidence["p_empirical"] if aligned else None, decision.verdict, decision.p_value,
-                  topology.withheld is not None)
+    calibrated = aligned is not None and aligned.p_value is not None
+    return Judged(topology.p_value, topology.evidence["p_permutation"], aligned.p_value if calibrated else None,
+                  aligned.evidence["p_empirical"] if calibrated else None, decision.verdict, decision.p_value,
+                  topology.withheld is not None, aligned_uncalibrated=aligned is not None and not calibrated)
 
 
 def upper_bound(errors: int, trials: int) -> float:
@@ -347,6 +358,7 @@ def main() -> None:
         targeted.append(judged(tests))
         if (index + 1) % 1000 == 0:
             print(f"  {index + 1} pairs in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    unadjusted = np.array(judge.unadjusted_p)  # the targeted pairs' (the searches add theirs below)
 
     everyone = independent + shared
     shared_judge = Judge(args.arch, everyone, args.same_init_permutations or args.permutations)
@@ -398,8 +410,12 @@ def main() -> None:
     print(f"\ntargeted null, topology permutation p: fraction <= 0.01 / 0.05 / 0.2: "
           f"{(topology_p <= 0.01).mean():.4f} / {(topology_p <= 0.05).mean():.4f} / {(topology_p <= 0.2).mean():.4f}")
     aligned = np.array([r.aligned_p for r in targeted if r.aligned_p is not None])
-    print(f"targeted null, aligned decision p: min {aligned.min():.3g}, "
-          f"fraction <= 0.05: {(aligned <= 0.05).mean():.4f}")
+    print(f"targeted null, aligned decision p (read at the suspect's density): min {aligned.min(initial=1):.3g}, "
+          f"at or below 0.01 / 0.05: {(aligned <= 0.01).sum()} / {(aligned <= 0.05).sum()} of {len(aligned)}; "
+          f"{sum(r.aligned_uncalibrated for r in targeted)} suspects beyond the references' densities (no p)")
+    if len(unadjusted):  # the same pairs without the density fit (judged here, not read from an earlier run)
+        print(f"  the same without the density fit (every pair): at or below 0.01 / 0.05: "
+              f"{(unadjusted <= 0.01).sum()} / {(unadjusted <= 0.05).sum()} of {len(unadjusted)}")
     standardized = judge.standardized_kappas()
     if len(standardized) >= 10:  # else the targeted pairs came from an earlier run, and so did their kappas
         kurtosis = float((standardized ** 4).mean() / standardized.var() ** 2)

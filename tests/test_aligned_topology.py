@@ -31,14 +31,15 @@ class Files:
     ticket: Path
     permuted: Path  # the ticket with its hidden units permuted: same function, scrambled positions
     independent: Path
+    sparse_independent: Path  # an independent ticket at a quarter of the references' density
 
 
-def _pruned(seed: int) -> dict[str, torch.Tensor]:
+def _pruned(seed: int, density: float = 0.2) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = build_model(ARCH, (1, 8, 8), 10)
     names = prunable_parameters(ARCH, model)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    mask = magnitude_mask(weights, dict.fromkeys(names, 0.2))
+    mask = magnitude_mask(weights, dict.fromkeys(names, density))
     return {k: v * mask[k] if k in mask else v for k, v in weights.items()}
 
 
@@ -54,7 +55,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     return Files(references=[save(_pruned(100 + i), f"ref{i}.safetensors") for i in range(10)],
                  ticket=save(ticket, "ticket.safetensors"),
                  permuted=save(permute_hidden_units(ARCH, ticket, seed=5), "permuted.safetensors"),
-                 independent=save(_pruned(999), "independent.safetensors"))
+                 independent=save(_pruned(999), "independent.safetensors"),
+                 sparse_independent=save(_pruned(998, 0.05), "sparse.safetensors"))
 
 
 def _job_result(client, headers, ticket: dict) -> dict:
@@ -92,6 +94,12 @@ def test_permuted_copy_of_an_unsigned_ticket_is_caught_once_calibrated(client, s
     innocent = verify_ok(client, alice.headers, files.independent, ticket_id=ticket["id"])
     assert innocent["verdict"] == "no_match", innocent["evidence"]
     assert innocent["evidence"]["aligned_topology"]["p_value"] > 1e-2
+
+    # every reference keeps 20 % of its weights: they say nothing of a suspect's null at 5 %, so no p
+    sparse = verify_ok(client, alice.headers, files.sparse_independent, ticket_id=ticket["id"])
+    aligned = sparse["evidence"]["aligned_topology"]
+    assert not aligned["calibrated"] and "keeps 5.0% of its weights" in aligned["reason"], aligned
+    assert "p_value" not in aligned and sparse["verdict"] == "no_match"
 
 
 def test_the_same_file_registered_twice_is_one_reference(client, settings, alice, files):

@@ -96,14 +96,18 @@ def aligned_overlap(ticket_weights: dict[str, torch.Tensor], ticket_mask: Mask,
 class Calibration:
     """A statistic judged against references: the decision p, the rank p beside it, the z-score."""
 
-    p_value: float  # the smaller of `cantelli_tail` and `kurtosis_tail` at the references' mean and spread
-    p_empirical: float  # (1 + #references >= observed) / (1 + n): exact if the references are exchangeable
+    p_value: float  # the smaller of `cantelli_tail` and `kurtosis_tail` at the null's estimated mean and spread
+    p_empirical: float  # (1 + #references >= observed) / (1 + n), on residuals where adjusted for density
     bound: str  # what p_value rests on
     z: float  # (observed - mean) / sd of the references, for reading
     references: int
-    reference_mean: float
-    reference_std: float
+    reference_mean: float  # the null's mean the bound uses (at the suspect's density where adjusted)
+    reference_std: float  # the references' sd (their residual sd where adjusted)
     spread_bound: float  # the sd the bound uses
+    density_adjusted: bool = False  # mean and sd read off a fit of the statistic on log density
+    density_slope: float | None = None  # the fit's slope: the statistic per unit of log density
+    suspect_density: float | None = None
+    reference_densities: tuple[float, float] | None = None  # the references' smallest and largest density
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,9 +116,19 @@ class Calibration:
 CALIBRATION_ASSUMES = ("the null's mean and sd are at most the references' mean and their sd's "
                        f"{SPREAD_CONFIDENCE:.0%} upper confidence bound (inflated by sqrt(1 + 1/n) for a new draw), "
                        f"and its kurtosis at most {KURTOSIS_CAP:g} (a normal's is 3)")
+DENSITY_ASSUMES = ("at the suspect's density the null's mean is the references' linear fit on log density and its "
+                   f"sd at most their residual sd's {SPREAD_CONFIDENCE:.0%} upper confidence bound (inflated for a new "
+                   f"draw and the fit's error there), and its kurtosis at most {KURTOSIS_CAP:g} (a normal's is 3)")
+DENSITY_MARGIN = 1.1  # a suspect's density may lie this factor beyond the references' densities, no further
+FIT_MIN_REFERENCES = 4  # fewer references (or all of one density): no fit, the plain mean and sd
 
 
-def calibrated_p(observed: float, references: Sequence[float]) -> Calibration:
+class DensityOutsideReferences(ValueError):
+    """The suspect's density lies outside what the references cover: they say nothing about its null."""
+
+
+def calibrated_p(observed: float, references: Sequence[float], *, densities: Sequence[float] | None = None,
+                 suspect_density: float | None = None) -> Calibration:
     """p-value of `observed` against statistics of independent references (at least 2).
 
     Under the null the suspect is one more independent ticket, so its statistic is exchangeable with
@@ -129,21 +143,67 @@ def calibrated_p(observed: float, references: Sequence[float]) -> Calibration:
     cap; the evidence states both (`bound`). A copy a hundred sds out gets p ~ 1e-7, not the 1e-27
     a fitted normal claimed. Identical references give no spread, only the rank p. A reference
     related to the ticket (a copy registered before it) widens the spread and can only make the p
-    larger."""
+    larger.
+
+    The statistic depends on the suspect's density (on resnet20 a suspect at half the ticket's
+    density overlaps it more after alignment), so with `densities` (each reference's share of kept
+    weights) and `suspect_density` the null is read at the suspect's density: the references'
+    statistics are fitted on log density by least squares, the mean is the fit there and the spread
+    the residual sd, widened by the prediction factor sqrt(1 + 1/n + (x - mean x)^2 / Sxx). A
+    suspect beyond the references' densities by more than DENSITY_MARGIN raises
+    `DensityOutsideReferences`: no reference speaks for it."""
     refs = np.asarray(references, dtype=np.float64)
     n = len(refs)
     if n < 2:
         raise ValueError("calibration needs at least 2 references")
+    if densities is None:
+        return _plain(observed, refs)
+    if suspect_density is None or len(densities) != n:
+        raise ValueError("a density adjustment needs every reference's density and the suspect's")
+    x, x0 = np.log(np.asarray(densities, dtype=np.float64)), float(np.log(suspect_density))
+    span = (float(np.exp(x.min())), float(np.exp(x.max())))
+    if not x.min() - np.log(DENSITY_MARGIN) <= x0 <= x.max() + np.log(DENSITY_MARGIN):
+        raise DensityOutsideReferences(
+            f"the suspect keeps {suspect_density:.1%} of its weights, the references {span[0]:.1%}-{span[1]:.1%}: "
+            f"none within a factor {DENSITY_MARGIN:g} of it")
+    sxx = float(((x - x.mean()) ** 2).sum())
+    where = {"suspect_density": float(suspect_density), "reference_densities": span}
+    if n < FIT_MIN_REFERENCES or sxx < 1e-12:
+        return _plain(observed, refs, **where)
+    slope = float(((x - x.mean()) * (refs - refs.mean())).sum() / sxx)
+    fitted = refs.mean() + slope * (x - x.mean())
+    mean = float(refs.mean() + slope * (x0 - x.mean()))
+    residuals = refs - fitted
+    sd = float(np.sqrt((residuals ** 2).sum() / (n - 2)))
+    p_empirical = (1 + int((residuals >= observed - mean).sum())) / (1 + n)
+    if sd <= 0:
+        return Calibration(p_value=p_empirical, p_empirical=p_empirical, z=0.0 if observed <= mean else float("inf"),
+                           bound="rank among the references' residuals (they have no spread)", references=n,
+                           reference_mean=mean, reference_std=0.0, spread_bound=0.0, density_adjusted=True,
+                           density_slope=slope, **where)
+    inflation = np.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)  # a new draw, and the fit's error at x0
+    spread = sd * np.sqrt((n - 2) / chi2.ppf(1 - SPREAD_CONFIDENCE, n - 2)) * inflation
+    return Calibration(p_value=_moment_p(observed, mean, float(spread)), p_empirical=p_empirical,
+                       bound=f"{MOMENT_BOUNDS}; assumes {DENSITY_ASSUMES}", z=(observed - mean) / sd, references=n,
+                       reference_mean=mean, reference_std=sd, spread_bound=float(spread), density_adjusted=True,
+                       density_slope=slope, **where)
+
+
+def _moment_p(observed: float, mean: float, spread: float) -> float:
+    return min(cantelli_tail(observed, mean, spread), kurtosis_tail(observed, mean, spread, KURTOSIS_CAP))
+
+
+def _plain(observed: float, refs: np.ndarray, **where) -> Calibration:
+    """`calibrated_p` on the references' mean and sd, without a density fit."""
+    n = len(refs)
     mean, sd = float(refs.mean()), float(refs.std(ddof=1))
     p_empirical = (1 + int((refs >= observed).sum())) / (1 + n)
     if refs.max() > refs.min():
         z = (observed - mean) / sd
         spread = sd * np.sqrt((n - 1) / chi2.ppf(1 - SPREAD_CONFIDENCE, n - 1)) * np.sqrt(1 + 1 / n)
-        p_value = min(cantelli_tail(observed, mean, float(spread)),
-                      kurtosis_tail(observed, mean, float(spread), KURTOSIS_CAP))
-        bound = f"{MOMENT_BOUNDS}; assumes {CALIBRATION_ASSUMES}"
+        p_value, bound = _moment_p(observed, mean, float(spread)), f"{MOMENT_BOUNDS}; assumes {CALIBRATION_ASSUMES}"
     else:  # identical references (duplicates): no spread to extrapolate from, the rank p is all there is
         z, spread = (0.0 if observed <= mean else float("inf")), 0.0
         p_value, bound = p_empirical, "rank among the references (they have no spread)"
     return Calibration(p_value=p_value, p_empirical=p_empirical, bound=bound, z=float(z), references=n,
-                       reference_mean=mean, reference_std=sd, spread_bound=float(spread))
+                       reference_mean=mean, reference_std=sd, spread_bound=float(spread), **where)

@@ -209,8 +209,9 @@ def _judge(ctx: JobContext, setup: ThiefSetup, found: Candidates, dataset: Datas
         notes.append(f"accuracy on {transfer.name}, so the fidelity bound does not apply")
     aligned = tests.get("aligned_topology")
     if aligned is not None and not aligned.evidence["calibrated"]:
-        notes.append(f"aligned topology test not calibrated yet ({aligned.evidence['references']} of "
-                     f"{aligned.evidence['references_needed']} earlier tickets), so a permuted copy is not caught")
+        why = aligned.evidence.get("reason") or (f"{aligned.evidence['references']} of "
+                                                 f"{aligned.evidence['references_needed']} earlier tickets")
+        notes.append(f"aligned topology test not calibrated ({why}), so a permuted copy is not caught")
     if decision.decided_by == "qr_mac":
         notes.append("decided by a valid QR MAC")
     if decision.relation == "shares_initialisation":

@@ -95,6 +95,19 @@ def stored_references(session: Session, ticket_ids: list[str], *, kind: str = ST
     return values
 
 
+def aligned_references(session: Session, ticket_ids: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """Each ticket's aligned-test references as (statistic, the reference ticket's density): the
+    verification reads the null at the suspect's density (`verifier.aligned.calibrated_p`)."""
+    rows = session.execute(select(TicketReference.ticket_id, TicketReference.value, Ticket.sparsity)
+                           .join(Ticket, Ticket.id == TicketReference.reference_id)
+                           .where(TicketReference.ticket_id.in_(ticket_ids), TicketReference.kind == STATISTIC,
+                                  Ticket.sparsity.is_not(None)))
+    references: dict[str, list[tuple[float, float]]] = {}
+    for ticket_id, value, sparsity in rows:
+        references.setdefault(ticket_id, []).append((value, 1.0 - sparsity))
+    return references
+
+
 def recalibrate(session: Session, store: ArtifactStore, ticket: Ticket, *, limit: int) -> int:
     """Measure a registered ticket's references again, from the tickets registered before it, and
     replace its stored rows (for tickets registered before calibration existed, or with fewer

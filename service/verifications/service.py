@@ -32,15 +32,15 @@ from service.triggers.service import (
     read_answers,
 )
 from service.verifications.black_box import run_black_box
-from service.verifications.calibration import stored_references
+from service.verifications.calibration import aligned_references, stored_references
 from service.verifications.search import IndexEntry, index_entries, rank_entries
 from service.visibility import get_visible
-from verifier.aligned import STATISTIC, aligned_overlap, calibrated_p
+from verifier.aligned import STATISTIC, DensityOutsideReferences, aligned_overlap, calibrated_p
 from verifier.checkpoint import read_state_dict, split_masks
 from verifier.decision import CandidateTests, Decision, SchemeResult, bonferroni, decide
 from verifier.errors import VerifierError
 from verifier.initialisation import suspect_agreement
-from verifier.masks import load_mask
+from verifier.masks import load_mask, overall_density
 from verifier.models import build_model, permutable_axes
 from verifier.signatures.signing import signature_read_mask
 from verifier.summaries import spectral_summary
@@ -209,7 +209,7 @@ class Candidates:
     tickets: dict[str, Ticket]
     signatures: dict[str, Signature]
     aligned_ids: list[str]  # the ones that get the aligned topology test
-    references: dict[str, list[float]]  # their calibration
+    references: dict[str, list[tuple[float, float]]]  # their calibration: (statistic, reference density)
     trigger_sets: dict[str, TriggerSet] = field(default_factory=dict)  # mode both only
     trigger_references: dict[str, list[float]] = field(default_factory=dict)
 
@@ -222,7 +222,7 @@ def load_candidates(settings, ids: list[str], *, both: bool) -> Candidates:
         aligned_ids = ids[:settings.aligned_candidates]
         found = Candidates(
             tickets={t.id: t for t in session.execute(select(Ticket).where(Ticket.id.in_(ids))).scalars()},
-            signatures=signatures, aligned_ids=aligned_ids, references=stored_references(session, aligned_ids))
+            signatures=signatures, aligned_ids=aligned_ids, references=aligned_references(session, aligned_ids))
         if both:
             found.trigger_sets = {t.ticket_id: t for t in session.execute(
                 select(TriggerSet).where(TriggerSet.ticket_id.in_(ids))).scalars()}
@@ -308,7 +308,8 @@ def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tu
 
 
 def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
-                     suspect_mask: dict | None, seed: int, *, references: list[float] | None, selection: int,
+                     suspect_mask: dict | None, seed: int, *, references: list[tuple[float, float]] | None,
+                     selection: int,
                      layers: set[str] | None) -> CandidateTests:
     """Topology, the QR test where signed, and the aligned topology test where `references` (None: not
     among the candidates that get it) calibrate it; `selection` corrects the latter."""
@@ -326,9 +327,10 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
                            initialisation=relation)
     # the alignment-based tests read a dense suspect cut back by balanced magnitudes, which a per-unit
     # rescaling cannot steer; the topology test above keeps the raw cut (no alignment to undo it)
-    mask, _, _ = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
+    estimated = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
+    mask = estimated[0]
     if signature is not None:
-        window_mask = signature_read_mask(ticket_mask, suspect_weights, suspect_mask)
+        window_mask = signature_read_mask(ticket_mask, suspect_weights, suspect_mask, estimated=estimated)
         qr = check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
             ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
@@ -362,17 +364,25 @@ def _initialisation(ctx: JobContext, ticket: Ticket, suspect_weights: dict, susp
 
 
 def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,
-                  references: list[float], selection: int) -> dict[str, Any]:
+                  references: list[tuple[float, float]], selection: int) -> dict[str, Any]:
     """The aligned topology test's evidence; `calibrated` False (and no p) while the ticket has fewer
-    references than the settings ask for. The p is corrected for `selection`: the shortlist was
-    chosen by weight summaries, which may correlate with aligned overlap among independent tickets,
-    so only a correction over every ticket it was chosen from keeps the p valid."""
+    references than the settings ask for, or none near the suspect's density. The null is read at
+    the suspect's density (`references` are (statistic, density) pairs). The p is corrected for
+    `selection`: the shortlist was chosen by weight summaries, which may correlate with aligned
+    overlap among independent tickets, so only a correction over every ticket it was chosen from
+    keeps the p valid."""
     needed = ctx.settings.topology_min_references
     if len(references) < needed:
         return {"calibrated": False, "references": len(references), "references_needed": needed}
     overlap = aligned_overlap(read_state_dict(ctx.store.path(ticket.model_sha256)), ticket_mask, suspect_weights,
                               suspect_mask, {name: permutable_axes(ticket.arch, name) for name in ticket_mask})
-    calibration = calibrated_p(overlap.kappa, references)
+    values, densities = zip(*references, strict=True)
+    try:
+        calibration = calibrated_p(overlap.kappa, values, densities=densities,
+                                   suspect_density=overall_density(suspect_mask))
+    except DensityOutsideReferences as exc:
+        return {"calibrated": False, "references": len(references), "reason": str(exc), "statistic": STATISTIC,
+                **overlap.to_dict()}
     return {"calibrated": True, "statistic": STATISTIC, **overlap.to_dict(), **calibration.to_dict(),
             "p_uncorrected": calibration.p_value, "selection_correction": selection,
             "p_value": bonferroni(calibration.p_value, selection)}
