@@ -231,9 +231,9 @@ def test_a_signed_ticket_with_a_trigger_set_is_judged_by_all_its_tests(client, a
     from tests.test_aligned_topology import _pruned
     from verifier.checkpoint import save_state_dict
 
-    for index in range(10):  # independent models registered before it: the trigger set's empirical null
-        path = tmp_path / f"independent{index}.safetensors"
-        save_state_dict(_pruned(200 + index), path)
+    for index in range(10):  # independent models registered before it, at the ticket's density (25 %): the
+        path = tmp_path / f"independent{index}.safetensors"  # trigger set's empirical null, the aligned test's
+        save_state_dict(_pruned(200 + index, 0.25), path)
         register_ok(client, bob.headers, path, name=f"independent {index}")
     ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs="1", **TRIGGERS)
     assert ticket["signature"] == "qr" and ticket["signature_report"] and ticket["trigger_set_report"]

@@ -28,9 +28,12 @@ DENSITY_FACTOR = 2.0  # references keep between 1/2 and 2 times the ticket's sha
 
 def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, arch: str, dataset: str,
                       density: float | None, limit: int, before: datetime | None = None) -> list[Ticket]:
-    """The `limit` most recently registered tickets (registered before `before`, if given) of the same
-    architecture and dataset, with a density within DENSITY_FACTOR of `density` (None: any), one per
-    distinct model (the same file registered twice is one reference, and the ticket's own weights none)."""
+    """`limit` tickets registered before `before` (if given) of the same architecture and dataset, with a
+    density within DENSITY_FACTOR of `density` (None: any), one per distinct model (the same file
+    registered twice is one reference, and the ticket's own weights none): of the 4 x `limit` most
+    recent, the sparsest and the densest, then the most recent. A verification reads the null only at
+    densities its references cover (`verifier.aligned.calibrated_p`), so the ends widen what the
+    test can judge: a copy pruned further than the ticket, say."""
     query = (select(Ticket).where(Ticket.status == "registered", Ticket.arch == arch, Ticket.dataset == dataset,
                                   Ticket.id != ticket_id)
              .order_by(Ticket.registered_at.desc(), Ticket.id.desc()).limit(4 * limit))
@@ -39,11 +42,15 @@ def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, ar
         query = query.where(Ticket.sparsity >= 1.0 - high, Ticket.sparsity <= 1.0 - low)
     if before is not None:
         query = query.where(Ticket.registered_at < before)
-    chosen: dict[str, Ticket] = {}
+    recent: dict[str, Ticket] = {}
     for ticket in session.execute(query).scalars():
-        if ticket.model_sha256 != model_sha256 and len(chosen) < limit:
-            chosen.setdefault(ticket.model_sha256, ticket)
-    return list(chosen.values())
+        if ticket.model_sha256 != model_sha256:
+            recent.setdefault(ticket.model_sha256, ticket)
+    candidates = list(recent.values())
+    by_density = sorted((t for t in candidates if t.sparsity is not None), key=lambda t: t.sparsity)
+    ends = [by_density[0], by_density[-1]] if by_density and density is not None else []
+    chosen = {t.id: t for t in ends + candidates}  # the ends first, then by recency
+    return list(chosen.values())[:limit]
 
 
 def measure_references(store: ArtifactStore, references: list[Ticket], *, arch: str, weights: dict, mask: Mask,
