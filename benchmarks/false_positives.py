@@ -19,7 +19,9 @@ random (seed 0; with `--registered K` the registered one among K tickets drawn f
 judged as the service judges a suspect against an unsigned ticket: the topology test (consistent
 null, permutation p and tail bound, up to `--permutations`) and the aligned topology test calibrated
 on 20 other independent tickets within a factor 2 of the registered one's density (never the
-suspect), combined and decided by `verifier.decision`. The same for every pair of same-init tickets
+suspect; chosen as the service chooses them) and read at the suspect's density (no p for a suspect
+beyond the references' densities; the count without that reading is printed beside it), combined
+and decided by `verifier.decision`. The same for every pair of same-init tickets
 (up to `--same-init-pairs`). 1:N: `--searches` independent tickets, each searched for among all the
 other independent tickets: ranked by weight summary, the nearest 5 tested in full (the aligned test
 on the nearest, its p corrected over every ticket it was chosen from), decided over the 5. Prints
@@ -167,13 +169,17 @@ class Judge:
         return np.concatenate(parts) if parts else np.zeros(1)
 
     def references(self, registered: int, exclude: set[int]) -> list[tuple[float, float]]:
-        """The registered ticket's calibration: (kappa, density) against REFERENCES other tickets of
-        similar density (the same ones for every suspect but the suspect itself)."""
+        """The registered ticket's calibration: (kappa, density) against REFERENCES other tickets within
+        a factor 2 of its density (the same ones for every suspect but the suspect itself), chosen as
+        the service chooses them (`reference_tickets`): the sparsest and the densest of the first
+        4 x REFERENCES eligible, then the first."""
         density = self.densities[registered]
         near = [i for i in range(len(self.tickets)) if i != registered and i not in exclude
-                and density / DENSITY_FACTOR <= self.densities[i] <= density * DENSITY_FACTOR]
+                and density / DENSITY_FACTOR <= self.densities[i] <= density * DENSITY_FACTOR][:4 * REFERENCES]
+        by_density = sorted(near, key=lambda i: self.densities[i])
+        chosen = list(dict.fromkeys(by_density[:1] + by_density[-1:] + near))[:REFERENCES]
         return [(self.kappa(self.tickets[registered], self.tickets[i], (registered, i)), float(self.densities[i]))
-                for i in near[:REFERENCES]]
+                for i in chosen]
 
     def tests(self, ticket: Ticket, suspect: Ticket, seed: int, references: list[tuple[float, float]] | None,
               selection: int = 1) -> CandidateTests:
