@@ -102,6 +102,32 @@ def test_permuted_copy_of_an_unsigned_ticket_is_caught_once_calibrated(client, s
     assert "p_value" not in aligned and sparse["verdict"] == "no_match"
 
 
+def test_a_suspect_beyond_the_stored_references_is_read_against_earlier_tickets_of_its_density(
+        client, settings, alice, bob, files, tmp_path):
+    for index, path in enumerate(files.references):
+        register_ok(client, bob.headers, path, name=f"ref {index}")
+    for index in range(4):  # sparse tickets, registered before the ticket but outside its references' window
+        save_state_dict(_pruned(300 + index, 0.05), tmp_path / f"sparse{index}.safetensors")
+        register_ok(client, bob.headers, tmp_path / f"sparse{index}.safetensors", name=f"sparse {index}")
+    ticket = register_ok(client, alice.headers, files.ticket)
+    assert _job_result(client, alice.headers, ticket)["topology_references"] == 10  # all at 20 %
+
+    # the thief permutes the copy and prunes it to a quarter of the ticket's weights (5 %)
+    permuted = permute_hidden_units(ARCH, _pruned(0), seed=5)  # _pruned(0) is the ticket
+    pruned = {k: v * magnitude_mask({k: v}, {k: 0.05})[k] if k.endswith(".weight") and v.dim() == 2 else v
+              for k, v in permuted.items()}
+    save_state_dict(pruned, tmp_path / "pruned.safetensors")
+    stolen = verify_ok(client, alice.headers, tmp_path / "pruned.safetensors", ticket_id=ticket["id"])
+    aligned = stolen["evidence"]["aligned_topology"]
+    assert aligned["calibrated"] and aligned["references_added"] == 4 and aligned["references"] == 14, aligned
+    assert stolen["verdict"] == "match" and aligned["p_value"] <= 1e-3, aligned
+
+    innocent = verify_ok(client, alice.headers, files.sparse_independent, ticket_id=ticket["id"])
+    aligned = innocent["evidence"]["aligned_topology"]
+    assert aligned["calibrated"] and aligned["references_added"] == 0 and aligned["references"] == 14, aligned
+    assert aligned["density_adjusted"] and aligned["p_value"] > 1e-2 and innocent["verdict"] == "no_match"
+
+
 def test_the_same_file_registered_twice_is_one_reference(client, settings, alice, files):
     for index in range(3):
         register_ok(client, alice.headers, files.references[0], name=f"copy {index}")

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
-from service.db import release
+from service.db import release, sessions_for
 from service.models import Ticket, TicketReference
-from verifier.aligned import STATISTIC, aligned_overlap
+from verifier.aligned import DENSITY_MARGIN, STATISTIC, aligned_overlap
 from verifier.checkpoint import read_state_dict
 from verifier.masks import Mask, load_mask, overall_density
 from verifier.models import permutable_axes
@@ -27,9 +29,10 @@ DENSITY_FACTOR = 2.0  # references keep between 1/2 and 2 times the ticket's sha
 
 
 def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, arch: str, dataset: str,
-                      density: float | None, limit: int, before: datetime | None = None) -> list[Ticket]:
+                      density: float | None, limit: int, before: datetime | None = None,
+                      factor: float = DENSITY_FACTOR) -> list[Ticket]:
     """`limit` tickets registered before `before` (if given) of the same architecture and dataset, with a
-    density within DENSITY_FACTOR of `density` (None: any), one per distinct model (the same file
+    density within `factor` of `density` (None: any), one per distinct model (the same file
     registered twice is one reference, and the ticket's own weights none): of the 4 x `limit` most
     recent, the sparsest and the densest, then the most recent. A verification reads the null only at
     densities its references cover (`verifier.aligned.calibrated_p`), so the ends widen what the
@@ -38,7 +41,7 @@ def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, ar
                                   Ticket.id != ticket_id)
              .order_by(Ticket.registered_at.desc(), Ticket.id.desc()).limit(4 * limit))
     if density is not None:
-        low, high = density / DENSITY_FACTOR, min(1.0, density * DENSITY_FACTOR)
+        low, high = density / factor, min(1.0, density * factor)
         query = query.where(Ticket.sparsity >= 1.0 - high, Ticket.sparsity <= 1.0 - low)
     if before is not None:
         query = query.where(Ticket.registered_at < before)
@@ -102,17 +105,51 @@ def stored_references(session: Session, ticket_ids: list[str], *, kind: str = ST
     return values
 
 
-def aligned_references(session: Session, ticket_ids: list[str]) -> dict[str, list[tuple[float, float]]]:
-    """Each ticket's aligned-test references as (statistic, the reference ticket's density): the
-    verification reads the null at the suspect's density (`verifier.aligned.calibrated_p`)."""
-    rows = session.execute(select(TicketReference.ticket_id, TicketReference.value, Ticket.sparsity)
+class AlignedReference(NamedTuple):
+    """One stored reference of the aligned test: whose, its statistic, the reference ticket's density."""
+
+    reference_id: str
+    value: float
+    density: float
+
+
+def aligned_references(session: Session, ticket_ids: list[str]) -> dict[str, list[AlignedReference]]:
+    """Each ticket's aligned-test references: a verification reads the null at the suspect's density
+    (`verifier.aligned.calibrated_p`)."""
+    rows = session.execute(select(TicketReference.ticket_id, TicketReference.reference_id, TicketReference.value,
+                                  Ticket.sparsity)
                            .join(Ticket, Ticket.id == TicketReference.reference_id)
                            .where(TicketReference.ticket_id.in_(ticket_ids), TicketReference.kind == STATISTIC,
                                   Ticket.sparsity.is_not(None)))
-    references: dict[str, list[tuple[float, float]]] = {}
-    for ticket_id, value, sparsity in rows:
-        references.setdefault(ticket_id, []).append((value, 1.0 - sparsity))
+    references: dict[str, list[AlignedReference]] = {}
+    for ticket_id, reference_id, value, sparsity in rows:
+        references.setdefault(ticket_id, []).append(AlignedReference(reference_id, value, 1.0 - sparsity))
     return references
+
+
+def references_at_density(settings, store: ArtifactStore, ticket: Ticket, *, weights: dict, mask: Mask,
+                          density: float, known: set[str], limit: int) -> list[AlignedReference]:
+    """More references for a suspect whose density the stored ones do not cover: up to `limit` tickets
+    registered before `ticket` (earlier only, as at registration) within DENSITY_MARGIN of `density`
+    and not among `known`, measured now and stored with the ticket's others, so the next suspect of
+    that density finds them. Returns the new ones (none where the registry holds no such ticket)."""
+    with sessions_for(settings)() as session:
+        found = [t for t in reference_tickets(session, ticket_id=ticket.id, model_sha256=ticket.model_sha256,
+                                              arch=ticket.arch, dataset=ticket.dataset, density=density,
+                                              limit=limit + len(known), before=ticket.registered_at,
+                                              factor=DENSITY_MARGIN)
+                 if t.id not in known][:limit]
+        release(session)
+        if not found:
+            return []
+        values = measure_references(store, found, arch=ticket.arch, weights=weights, mask=mask)
+        store_references(session, ticket.id, values)
+        try:
+            session.commit()
+        except IntegrityError:  # a verification beside this one stored them first (the same values)
+            session.rollback()
+    densities = {t.id: 1.0 - t.sparsity for t in found}
+    return [AlignedReference(reference_id, value, densities[reference_id]) for reference_id, value in values]
 
 
 def recalibrate(session: Session, store: ArtifactStore, ticket: Ticket, *, limit: int) -> int:

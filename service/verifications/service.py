@@ -32,7 +32,12 @@ from service.triggers.service import (
     read_answers,
 )
 from service.verifications.black_box import run_black_box
-from service.verifications.calibration import aligned_references, stored_references
+from service.verifications.calibration import (
+    AlignedReference,
+    aligned_references,
+    references_at_density,
+    stored_references,
+)
 from service.verifications.search import IndexEntry, index_entries, rank_entries
 from service.visibility import get_visible
 from verifier.aligned import STATISTIC, DensityOutsideReferences, aligned_overlap, calibrated_p
@@ -209,7 +214,7 @@ class Candidates:
     tickets: dict[str, Ticket]
     signatures: dict[str, Signature]
     aligned_ids: list[str]  # the ones that get the aligned topology test
-    references: dict[str, list[tuple[float, float]]]  # their calibration: (statistic, reference density)
+    references: dict[str, list[AlignedReference]]  # their calibration
     trigger_sets: dict[str, TriggerSet] = field(default_factory=dict)  # mode both only
     trigger_references: dict[str, list[float]] = field(default_factory=dict)
 
@@ -308,7 +313,7 @@ def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tu
 
 
 def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
-                     suspect_mask: dict | None, seed: int, *, references: list[tuple[float, float]] | None,
+                     suspect_mask: dict | None, seed: int, *, references: list[AlignedReference] | None,
                      selection: int,
                      layers: set[str] | None) -> CandidateTests:
     """Topology, the QR test where signed, and the aligned topology test where `references` (None: not
@@ -364,28 +369,41 @@ def _initialisation(ctx: JobContext, ticket: Ticket, suspect_weights: dict, susp
 
 
 def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,
-                  references: list[tuple[float, float]], selection: int) -> dict[str, Any]:
+                  references: list[AlignedReference], selection: int) -> dict[str, Any]:
     """The aligned topology test's evidence; `calibrated` False (and no p) while the ticket has fewer
     references than the settings ask for, or none near the suspect's density. The null is read at
-    the suspect's density (`references` are (statistic, density) pairs). The p is corrected for
+    the suspect's density; where the stored references do not reach it, earlier tickets of that
+    density are measured and stored first (`references_at_density`). The p is corrected for
     `selection`: the shortlist was chosen by weight summaries, which may correlate with aligned
     overlap among independent tickets, so only a correction over every ticket it was chosen from
     keeps the p valid."""
-    needed = ctx.settings.topology_min_references
+    settings = ctx.settings
+    needed = settings.topology_min_references
     if len(references) < needed:
         return {"calibrated": False, "references": len(references), "references_needed": needed}
-    overlap = aligned_overlap(read_state_dict(ctx.store.path(ticket.model_sha256)), ticket_mask, suspect_weights,
-                              suspect_mask, {name: permutable_axes(ticket.arch, name) for name in ticket_mask})
-    values, densities = zip(*references, strict=True)
+    ticket_weights = read_state_dict(ctx.store.path(ticket.model_sha256))
+    overlap = aligned_overlap(ticket_weights, ticket_mask, suspect_weights, suspect_mask,
+                              {name: permutable_axes(ticket.arch, name) for name in ticket_mask})
+    density, added = overall_density(suspect_mask), []
+
+    def read(refs: list[AlignedReference]):
+        return calibrated_p(overlap.kappa, [r.value for r in refs], densities=[r.density for r in refs],
+                            suspect_density=density)
+
     try:
-        calibration = calibrated_p(overlap.kappa, values, densities=densities,
-                                   suspect_density=overall_density(suspect_mask))
-    except DensityOutsideReferences as exc:
-        return {"calibrated": False, "references": len(references), "reason": str(exc), "statistic": STATISTIC,
-                **overlap.to_dict()}
+        calibration = read(references)
+    except DensityOutsideReferences:
+        added = references_at_density(settings, ctx.store, ticket, weights=ticket_weights, mask=ticket_mask,
+                                      density=density, known={r.reference_id for r in references}, limit=needed)
+        references = references + added
+        try:
+            calibration = read(references)
+        except DensityOutsideReferences as exc:
+            return {"calibrated": False, "references": len(references), "references_added": len(added),
+                    "reason": str(exc), "statistic": STATISTIC, **overlap.to_dict()}
     return {"calibrated": True, "statistic": STATISTIC, **overlap.to_dict(), **calibration.to_dict(),
-            "p_uncorrected": calibration.p_value, "selection_correction": selection,
-            "p_value": bonferroni(calibration.p_value, selection)}
+            "references_added": len(added), "p_uncorrected": calibration.p_value,
+            "selection_correction": selection, "p_value": bonferroni(calibration.p_value, selection)}
 
 
 def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> None:
