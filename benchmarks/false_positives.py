@@ -168,6 +168,22 @@ class Judge:
         parts = [(np.array(v) - np.mean(v)) / np.std(v) for v in by_ticket.values() if len(v) >= 10 and np.std(v) > 0]
         return np.concatenate(parts) if parts else np.zeros(1)
 
+    def kinds_table(self) -> list[str]:
+        """Markdown rows: the mean kappa (and sd) of every measured pair by the registered ticket's kind
+        (finder and target) and the suspect's: how much the aligned null depends on the suspect."""
+        kind = [PRUNINGS[RECIPES[i % len(RECIPES)][0]] for i in range(len(self.tickets))]
+        names = [f"{method} {','.join(str(v) for v in params.values())}" for method, params in PRUNINGS]
+        cells: dict[tuple[int, int], list[float]] = {}
+        for (registered, suspect), value in self.kappas.items():
+            key = (PRUNINGS.index(kind[registered]), PRUNINGS.index(kind[suspect]))
+            cells.setdefault(key, []).append(value)
+        rows = ["| registered \\ suspect | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for r, name in enumerate(names):
+            row = [f"{np.mean(cells[r, c]):.3f} ± {np.std(cells[r, c]):.3f} ({len(cells[r, c])})"
+                   if cells.get((r, c)) else "" for c in range(len(names))]
+            rows.append(f"| {name} | " + " | ".join(row) + " |")
+        return rows
+
     def references(self, registered: int, exclude: set[int]) -> list[tuple[float, float]]:
         """The registered ticket's calibration: (kappa, density) against REFERENCES other tickets within
         a factor 2 of its density (the same ones for every suspect but the suspect itself), chosen as
@@ -425,6 +441,8 @@ def main() -> None:
     if len(unadjusted):  # the same pairs without the density fit (judged here, not read from an earlier run)
         print(f"  the same without the density fit (every pair): at or below 0.01 / 0.05: "
               f"{(unadjusted <= 0.01).sum()} / {(unadjusted <= 0.05).sum()} of {len(unadjusted)}")
+    print("\naligned kappa by kind of ticket (mean ± sd (pairs)), every pair measured:")
+    print("\n".join(judge.kinds_table()))
     standardized = judge.standardized_kappas()
     if len(standardized) >= 10:  # else the targeted pairs came from an earlier run, and so did their kappas
         kurtosis = float((standardized ** 4).mean() / standardized.var() ** 2)
