@@ -120,7 +120,7 @@ DENSITY_ASSUMES = ("at the suspect's density the null's mean is the references' 
                    f"sd at most their residual sd's {SPREAD_CONFIDENCE:.0%} upper confidence bound (inflated for a new "
                    f"draw and the fit's error there), and its kurtosis at most {KURTOSIS_CAP:g} (a normal's is 3)")
 DENSITY_MARGIN = 1.1  # a suspect's density may lie this factor beyond the references' densities, no further
-FIT_MIN_REFERENCES = 4  # fewer references (or all of one density): no fit, the plain mean and sd
+FIT_MIN_REFERENCES = 4  # fewer references, or densities spanning less than DENSITY_MARGIN: the plain mean and sd
 
 
 class DensityOutsideReferences(ValueError):
@@ -149,9 +149,10 @@ def calibrated_p(observed: float, references: Sequence[float], *, densities: Seq
     density overlaps it more after alignment), so with `densities` (each reference's share of kept
     weights) and `suspect_density` the null is read at the suspect's density: the references'
     statistics are fitted on log density by least squares, the mean is the fit there and the spread
-    the residual sd, widened by the prediction factor sqrt(1 + 1/n + (x - mean x)^2 / Sxx). A
-    suspect beyond the references' densities by more than DENSITY_MARGIN raises
-    `DensityOutsideReferences`: no reference speaks for it."""
+    the residual sd, widened by the prediction factor sqrt(1 + 1/n + (x - mean x)^2 / Sxx).
+    References whose densities span less than DENSITY_MARGIN are taken as of one density (the plain
+    mean and sd: a slope fitted on them would be noise). A suspect beyond the references' densities
+    by more than DENSITY_MARGIN raises `DensityOutsideReferences`: no reference speaks for it."""
     refs = np.asarray(references, dtype=np.float64)
     n = len(refs)
     if n < 2:
@@ -168,7 +169,7 @@ def calibrated_p(observed: float, references: Sequence[float], *, densities: Seq
             f"none within a factor {DENSITY_MARGIN:g} of it")
     sxx = float(((x - x.mean()) ** 2).sum())
     where = {"suspect_density": float(suspect_density), "reference_densities": span}
-    if n < FIT_MIN_REFERENCES or sxx < 1e-12:
+    if n < FIT_MIN_REFERENCES or x.max() - x.min() < np.log(DENSITY_MARGIN):  # too narrow to fit a slope on
         return _plain(observed, refs, **where)
     slope = float(((x - x.mean()) * (refs - refs.mean())).sum() / sxx)
     fitted = refs.mean() + slope * (x - x.mean())

@@ -142,3 +142,7 @@ def test_references_of_one_density_give_the_plain_calibration():
     references = [0.27, 0.28, 0.275, 0.281, 0.269, 0.272, 0.278, 0.276, 0.274, 0.279]
     at_one = calibrated_p(0.9, references, densities=[0.2] * 10, suspect_density=0.2)
     assert not at_one.density_adjusted and at_one.p_value == calibrated_p(0.9, references).p_value
+    # densities a rounding apart: no slope fitted on them (it would be noise, and its error term would
+    # swamp a copy's p at a density slightly off theirs)
+    nearly = calibrated_p(0.9, references, densities=[0.2 + 1e-5 * i for i in range(10)], suspect_density=0.21)
+    assert not nearly.density_adjusted and nearly.p_value == at_one.p_value
