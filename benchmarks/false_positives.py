@@ -45,7 +45,7 @@ from scipy.stats import beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verifier.aligned import DensityOutsideReferences, aligned_overlap, calibrated_p  # noqa: E402
+from verifier.aligned import DENSITY_MARGIN, DensityOutsideReferences, aligned_overlap, calibrated_p  # noqa: E402
 from verifier.data import load_dataset  # noqa: E402
 from verifier.decision import CandidateTests, SchemeResult, bonferroni, decide, strongest  # noqa: E402
 from verifier.initialisation import KNOWN_SEEDS, seeded_signs, suspect_agreement  # noqa: E402
@@ -73,6 +73,7 @@ np.random.default_rng(0).shuffle(RECIPES)
 SAME_INIT_SEED = 7
 QR_SECRET = b"benchmark secret"
 REFERENCES = 20
+MIN_REFERENCES = 10  # the service's default TICKETGUARD_TOPOLOGY_MIN_REFERENCES: how many it adds at a density
 SHORTLIST = 5
 DENSITY_FACTOR = 2.0
 
@@ -137,6 +138,7 @@ class Judge:
         self.kappas: dict[tuple[int, int], float] = {}
         self.seconds = {"topology": 0.0, "aligned": 0.0}
         self.unadjusted_p: list[float] = []  # the aligned p without the density fit, for comparison
+        self.added: list[int] = []  # references measured at a suspect's density, per suspect beyond the stored ones
         self.spec = (load_dataset(tickets[0].dataset).input_shape, load_dataset(tickets[0].dataset).num_classes)
         self.signs: dict[int, dict] = {}  # the registered tickets' initial signs, by seed
 
@@ -184,6 +186,19 @@ class Judge:
             rows.append(f"| {name} | " + " | ".join(row) + " |")
         return rows
 
+    def references_at(self, ticket: Ticket, suspect: Ticket, density: float, known: int) -> list[tuple[float, float]]:
+        """The service's `references_at_density`: up to MIN_REFERENCES more references within
+        DENSITY_MARGIN of the suspect's density (never the suspect, nor the registered ticket's own
+        references, which lie outside that band), the densest and sparsest first, then by index."""
+        index = {id(t): i for i, t in enumerate(self.tickets)}
+        registered, excluded = index[id(ticket)], index[id(suspect)]
+        near = [i for i in range(len(self.tickets)) if i not in (registered, excluded)
+                and density / DENSITY_MARGIN <= self.densities[i] <= density * DENSITY_MARGIN]
+        near = near[:4 * (MIN_REFERENCES + known)]
+        by_density = sorted(near, key=lambda i: self.densities[i])
+        chosen = list(dict.fromkeys(by_density[:1] + by_density[-1:] + near))[:MIN_REFERENCES]
+        return [(self.kappa(ticket, self.tickets[i], (registered, i)), float(self.densities[i])) for i in chosen]
+
     def references(self, registered: int, exclude: set[int]) -> list[tuple[float, float]]:
         """The registered ticket's calibration: (kappa, density) against REFERENCES other tickets within
         a factor 2 of its density (the same ones for every suspect but the suspect itself), chosen as
@@ -208,12 +223,20 @@ class Judge:
         if references is not None:
             kappa, (values, densities) = self.kappa(ticket, suspect), zip(*references, strict=True)
             self.unadjusted_p.append(calibrated_p(kappa, values).p_value)
+            suspect_density = overall_density(suspect.mask)
             try:
-                calibration = calibrated_p(kappa, values, densities=densities,
-                                           suspect_density=overall_density(suspect.mask))
-            except DensityOutsideReferences as exc:
-                tests.add(SchemeResult("aligned_topology", None, {"calibrated": False, "reason": str(exc)}))
-                return tests
+                calibration = calibrated_p(kappa, values, densities=densities, suspect_density=suspect_density)
+            except DensityOutsideReferences:
+                # as the service does: references of the suspect's density, measured there and then
+                more = self.references_at(ticket, suspect, suspect_density, len(references))
+                self.added.append(len(more))
+                try:
+                    calibration = calibrated_p(kappa, values + tuple(v for v, _ in more),
+                                               densities=densities + tuple(d for _, d in more),
+                                               suspect_density=suspect_density)
+                except DensityOutsideReferences as exc:
+                    tests.add(SchemeResult("aligned_topology", None, {"calibrated": False, "reason": str(exc)}))
+                    return tests
             tests.add(SchemeResult("aligned_topology", bonferroni(calibration.p_value, selection),
                                    calibration.to_dict(), withheld=withheld))
         return tests
@@ -437,7 +460,9 @@ def main() -> None:
     aligned = np.array([r.aligned_p for r in targeted if r.aligned_p is not None])
     print(f"targeted null, aligned decision p (read at the suspect's density): min {aligned.min(initial=1):.3g}, "
           f"at or below 0.01 / 0.05: {(aligned <= 0.01).sum()} / {(aligned <= 0.05).sum()} of {len(aligned)}; "
-          f"{sum(r.aligned_uncalibrated for r in targeted)} suspects beyond the references' densities (no p)")
+          f"{sum(r.aligned_uncalibrated for r in targeted)} suspects beyond the references' densities (no p); "
+          f"{len(judge.added)} suspects read against references measured at their density "
+          f"({sum(judge.added)} references)")
     if len(unadjusted):  # the same pairs without the density fit (judged here, not read from an earlier run)
         print(f"  the same without the density fit (every pair): at or below 0.01 / 0.05: "
               f"{(unadjusted <= 0.01).sum()} / {(unadjusted <= 0.05).sum()} of {len(unadjusted)}")
