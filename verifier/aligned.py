@@ -97,7 +97,7 @@ class Calibration:
     """A statistic judged against references: the decision p, the rank p beside it, the z-score."""
 
     p_value: float  # the smaller of `cantelli_tail` and `kurtosis_tail` at the null's estimated mean and spread
-    p_empirical: float  # (1 + #references >= observed) / (1 + n), on residuals where adjusted for density
+    p_empirical: float  # (1 + #references >= observed) / (1 + n), on scaled residuals where adjusted for density
     bound: str  # what p_value rests on
     z: float  # (observed - mean) / sd of the references, for reading
     references: int
@@ -176,13 +176,17 @@ def calibrated_p(observed: float, references: Sequence[float], *, densities: Seq
     mean = float(refs.mean() + slope * (x0 - x.mean()))
     residuals = refs - fitted
     sd = float(np.sqrt((residuals ** 2).sum() / (n - 2)))
-    p_empirical = (1 + int((residuals >= observed - mean).sum())) / (1 + n)
+    leverage = 1 / n + (x - x.mean()) ** 2 / sxx
+    inflation = np.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)  # a new draw, and the fit's error at x0
+    # the rank p compares like with like: each reference's residual scaled by its own sd (an in-sample
+    # residual has sd sqrt(1 - h) of the noise's), the suspect's by a new draw's
+    scaled = residuals / np.sqrt(np.maximum(1 - leverage, 1e-12))
+    p_empirical = (1 + int((scaled >= (observed - mean) / inflation).sum())) / (1 + n)
     if sd <= 0:
         return Calibration(p_value=p_empirical, p_empirical=p_empirical, z=0.0 if observed <= mean else float("inf"),
                            bound="rank among the references' residuals (they have no spread)", references=n,
                            reference_mean=mean, reference_std=0.0, spread_bound=0.0, density_adjusted=True,
                            density_slope=slope, **where)
-    inflation = np.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)  # a new draw, and the fit's error at x0
     spread = sd * np.sqrt((n - 2) / chi2.ppf(1 - SPREAD_CONFIDENCE, n - 2)) * inflation
     return Calibration(p_value=_moment_p(observed, mean, float(spread)), p_empirical=p_empirical,
                        bound=f"{MOMENT_BOUNDS}; assumes {DENSITY_ASSUMES}", z=(observed - mean) / sd, references=n,

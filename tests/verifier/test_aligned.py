@@ -96,7 +96,7 @@ def _references(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def test_within_the_references_densities_the_null_is_read_at_the_suspect_density():
     rng = np.random.default_rng(0)
-    adjusted = []
+    adjusted, ranks = [], []
     for _ in range(2000):
         densities, references = _references(rng)
         suspect = float(rng.choice([densities.min(), densities.max()]))  # at the references' extremes
@@ -104,9 +104,12 @@ def test_within_the_references_densities_the_null_is_read_at_the_suspect_density
         result = calibrated_p(observed, references, densities=densities, suspect_density=suspect)
         assert result.density_adjusted and result.density_slope < 0
         adjusted.append(result.p_value)
-    adjusted = np.array(adjusted)
+        ranks.append(result.p_empirical)
+    adjusted, ranks = np.array(adjusted), np.array(ranks)
     for alpha in (0.01, 0.05, 0.2):
         assert (adjusted <= alpha).mean() <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / 2000), alpha
+    for alpha in (2 / 21, 4 / 21):  # the rank p, on residuals each scaled by its own sd, is about exact
+        assert (ranks <= alpha).mean() <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / 2000), alpha
 
 
 def test_a_suspect_beyond_the_references_densities_gets_no_p():
