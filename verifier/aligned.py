@@ -182,7 +182,7 @@ def calibrated_p(observed: float, references: Sequence[float], *, densities: Seq
     # residual has sd sqrt(1 - h) of the noise's), the suspect's by a new draw's
     scaled = residuals / np.sqrt(np.maximum(1 - leverage, 1e-12))
     p_empirical = (1 + int((scaled >= (observed - mean) / inflation).sum())) / (1 + n)
-    if sd <= 0:
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # residuals at rounding level: no spread to extrapolate from
         return Calibration(p_value=p_empirical, p_empirical=p_empirical, z=0.0 if observed <= mean else float("inf"),
                            bound="rank among the references' residuals (they have no spread)", references=n,
                            reference_mean=mean, reference_std=0.0, spread_bound=0.0, density_adjusted=True,

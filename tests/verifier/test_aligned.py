@@ -149,3 +149,10 @@ def test_references_of_one_density_give_the_plain_calibration():
     # swamp a copy's p at a density slightly off theirs)
     nearly = calibrated_p(0.9, references, densities=[0.2 + 1e-5 * i for i in range(10)], suspect_density=0.21)
     assert not nearly.density_adjusted and nearly.p_value == at_one.p_value
+
+
+def test_references_exactly_on_a_line_give_only_the_rank_p():
+    densities = np.array([0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4])
+    references = 0.3 - 0.05 * np.log2(densities)  # no spread about the fit, up to rounding
+    result = calibrated_p(0.3 - 0.05 * np.log2(0.2) + 0.001, references, densities=densities, suspect_density=0.2)
+    assert result.p_value == result.p_empirical == 1 / 9 and result.spread_bound == 0.0
