@@ -19,9 +19,10 @@ random (seed 0; with `--registered K` the registered one among K tickets drawn f
 judged as the service judges a suspect against an unsigned ticket: the topology test (consistent
 null, permutation p and tail bound, up to `--permutations`) and the aligned topology test calibrated
 on 20 other independent tickets within a factor 2 of the registered one's density (never the
-suspect; chosen as the service chooses them) and read at the suspect's density (no p for a suspect
-beyond the references' densities; the count without that reading is printed beside it), combined
-and decided by `verifier.decision`. The same for every pair of same-init tickets
+suspect; chosen as the service chooses them) and read at the suspect's density (a suspect beyond
+the references' densities is read against up to 10 more tickets of its density, as the service
+does, or gets no p; the count without that reading is printed beside it), combined and decided by
+`verifier.decision`. The same for every pair of same-init tickets
 (up to `--same-init-pairs`). 1:N: `--searches` independent tickets, each searched for among all the
 other independent tickets: ranked by weight summary, the nearest 5 tested in full (the aligned test
 on the nearest, its p corrected over every ticket it was chosen from), decided over the 5. Prints
