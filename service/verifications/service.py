@@ -314,8 +314,7 @@ def candidate_tests(ctx: JobContext, found: Candidates, ticket: Ticket, spec: tu
 
 def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | None, suspect_weights: dict,
                      suspect_mask: dict | None, seed: int, *, references: list[AlignedReference] | None,
-                     selection: int,
-                     layers: set[str] | None) -> CandidateTests:
+                     selection: int, layers: set[str] | None) -> CandidateTests:
     """Topology, the QR test where signed, and the aligned topology test where `references` (None: not
     among the candidates that get it) calibrate it; `selection` corrects the latter."""
     settings = ctx.settings
@@ -334,11 +333,13 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
     # rescaling cannot steer; the topology test above keeps the raw cut (no alignment to undo it)
     estimated = estimate_suspect_mask(ticket_mask, suspect_weights, suspect_mask, balanced=True)
     mask = estimated[0]
+    read_weights = signature is not None or references is not None
+    ticket_weights = read_state_dict(ctx.store.path(ticket.model_sha256)) if read_weights else None
     if signature is not None:
         window_mask = signature_read_mask(ticket_mask, suspect_weights, suspect_mask, estimated=estimated)
         qr = check_signature(
             secret=settings.secret(), signature=signature, owner_id=ticket.owner_id, arch=ticket.arch,
-            ticket_weights=read_state_dict(ctx.store.path(ticket.model_sha256)), suspect_weights=suspect_weights,
+            ticket_weights=ticket_weights, suspect_weights=suspect_weights,
             suspect_mask=window_mask, permutations=settings.verify_permutations, seed=seed)
         # the module test is withheld too: placement picks a window the ticket's own pattern already
         # half fits, and a mask grown from the same initialisation reproduces that pattern (honest
@@ -346,7 +347,7 @@ def _white_box_tests(ctx: JobContext, ticket: Ticket, signature: Signature | Non
         # a valid MAC cannot come from an honest mask and stays decisive
         tests.add(SchemeResult("qr", qr["p_value"], qr, decisive=bool(qr.get("payload_valid")), withheld=withheld))
     if references is not None:
-        aligned = _aligned_test(ctx, ticket, ticket_mask, suspect_weights, mask, references, selection)
+        aligned = _aligned_test(ctx, ticket, ticket_weights, ticket_mask, suspect_weights, mask, references, selection)
         # uncalibrated: evidence only, no p-value to count
         tests.add(SchemeResult("aligned_topology", aligned["p_value"] if aligned["calibrated"] else None, aligned,
                                withheld=withheld))
@@ -368,8 +369,8 @@ def _initialisation(ctx: JobContext, ticket: Ticket, suspect_weights: dict, susp
     return {"known": True, "public": bool(ticket.init_public), **agreement.to_dict()}
 
 
-def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_weights: dict, suspect_mask: dict,
-                  references: list[AlignedReference], selection: int) -> dict[str, Any]:
+def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_weights: dict, ticket_mask: dict, suspect_weights: dict,
+                  suspect_mask: dict, references: list[AlignedReference], selection: int) -> dict[str, Any]:
     """The aligned topology test's evidence; `calibrated` False (and no p) while the ticket has fewer
     references than the settings ask for, or none near the suspect's density. The null is read at
     the suspect's density; where the stored references do not reach it, earlier tickets of that
@@ -381,7 +382,6 @@ def _aligned_test(ctx: JobContext, ticket: Ticket, ticket_mask: dict, suspect_we
     needed = settings.topology_min_references
     if len(references) < needed:
         return {"calibrated": False, "references": len(references), "references_needed": needed}
-    ticket_weights = read_state_dict(ctx.store.path(ticket.model_sha256))
     overlap = aligned_overlap(ticket_weights, ticket_mask, suspect_weights, suspect_mask,
                               {name: permutable_axes(ticket.arch, name) for name in ticket_mask})
     density, added = overall_density(suspect_mask), []
