@@ -46,7 +46,13 @@ from scipy.stats import beta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verifier.aligned import DENSITY_MARGIN, DensityOutsideReferences, aligned_overlap, calibrated_p  # noqa: E402
+from verifier.aligned import (  # noqa: E402
+    DENSITY_MARGIN,
+    DensityOutsideReferences,
+    aligned_overlap,
+    calibrated_p,
+    spread_order,
+)
 from verifier.data import load_dataset  # noqa: E402
 from verifier.decision import CandidateTests, SchemeResult, bonferroni, decide, strongest  # noqa: E402
 from verifier.initialisation import KNOWN_SEEDS, seeded_signs, suspect_agreement  # noqa: E402
@@ -196,8 +202,7 @@ class Judge:
         near = [i for i in range(len(self.tickets)) if i not in (registered, excluded)
                 and density / DENSITY_MARGIN <= self.densities[i] <= density * DENSITY_MARGIN]
         near = near[:4 * (MIN_REFERENCES + known)]
-        by_density = sorted(near, key=lambda i: self.densities[i])
-        chosen = list(dict.fromkeys(by_density[:1] + by_density[-1:] + near))[:MIN_REFERENCES]
+        chosen = [near[k] for k in spread_order([self.densities[i] for i in near])][:MIN_REFERENCES]
         return [(self.kappa(ticket, self.tickets[i], (registered, i)), float(self.densities[i])) for i in chosen]
 
     def references(self, registered: int, exclude: set[int]) -> list[tuple[float, float]]:
@@ -208,8 +213,7 @@ class Judge:
         density = self.densities[registered]
         near = [i for i in range(len(self.tickets)) if i != registered and i not in exclude
                 and density / DENSITY_FACTOR <= self.densities[i] <= density * DENSITY_FACTOR][:4 * REFERENCES]
-        by_density = sorted(near, key=lambda i: self.densities[i])
-        chosen = list(dict.fromkeys(by_density[:1] + by_density[-1:] + near))[:REFERENCES]
+        chosen = [near[k] for k in spread_order([self.densities[i] for i in near])][:REFERENCES]
         return [(self.kappa(self.tickets[registered], self.tickets[i], (registered, i)), float(self.densities[i]))
                 for i in chosen]
 

@@ -123,6 +123,16 @@ DENSITY_MARGIN = 1.1  # a suspect's density may lie this factor beyond the refer
 FIT_MIN_REFERENCES = 4  # fewer references, or densities spanning less than DENSITY_MARGIN: the plain mean and sd
 
 
+def spread_order(densities: Sequence[float]) -> list[int]:
+    """The order in which candidate references (given most preferred first, e.g. most recent) are
+    taken: the sparsest and the densest first, then the rest as given, so that the references span
+    the densities a suspect can be read at (`calibrated_p` reads none beyond them)."""
+    if not len(densities):
+        return []
+    ends = [int(np.argmin(densities)), int(np.argmax(densities))]
+    return list(dict.fromkeys(ends + list(range(len(densities)))))
+
+
 class DensityOutsideReferences(ValueError):
     """The suspect's density lies outside what the references cover: they say nothing about its null."""
 

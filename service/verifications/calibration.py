@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from service.artifacts import ArtifactStore
 from service.db import release, sessions_for
 from service.models import Ticket, TicketReference
-from verifier.aligned import DENSITY_MARGIN, STATISTIC, aligned_overlap
+from verifier.aligned import DENSITY_MARGIN, STATISTIC, aligned_overlap, spread_order
 from verifier.checkpoint import read_state_dict
 from verifier.masks import Mask, load_mask, overall_density
 from verifier.models import permutable_axes
@@ -50,10 +50,9 @@ def reference_tickets(session: Session, *, ticket_id: str, model_sha256: str, ar
         if ticket.model_sha256 != model_sha256:
             recent.setdefault(ticket.model_sha256, ticket)
     candidates = list(recent.values())
-    by_density = sorted((t for t in candidates if t.sparsity is not None), key=lambda t: t.sparsity)
-    ends = [by_density[0], by_density[-1]] if by_density and density is not None else []
-    chosen = {t.id: t for t in ends + candidates}  # the ends first, then by recency
-    return list(chosen.values())[:limit]
+    if density is not None:  # the window's tickets all have a density
+        candidates = [candidates[i] for i in spread_order([1.0 - t.sparsity for t in candidates])]
+    return candidates[:limit]
 
 
 def measure_references(store: ArtifactStore, references: list[Ticket], *, arch: str, weights: dict, mask: Mask,

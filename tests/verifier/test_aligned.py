@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.aligned import DensityOutsideReferences, aligned_overlap, calibrated_p
+from verifier.aligned import DensityOutsideReferences, aligned_overlap, calibrated_p, spread_order
 from verifier.attacks import permute_hidden_units
 from verifier.masks import magnitude_mask, mask_from_weights
 from verifier.models import build_model, permutable_axes, prunable_parameters
@@ -156,3 +156,7 @@ def test_references_exactly_on_a_line_give_only_the_rank_p():
     references = 0.3 - 0.05 * np.log2(densities)  # no spread about the fit, up to rounding
     result = calibrated_p(0.3 - 0.05 * np.log2(0.2) + 0.001, references, densities=densities, suspect_density=0.2)
     assert result.p_value == result.p_empirical == 1 / 9 and result.spread_bound == 0.0
+
+
+def test_references_are_taken_sparsest_and_densest_first_then_as_given():
+    assert spread_order([0.2, 0.1, 0.3, 0.2]) == [1, 2, 0, 3] and spread_order([]) == []
