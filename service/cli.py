@@ -21,9 +21,11 @@ app = typer.Typer(help="TicketGuard: prove who owns a lottery ticket.", no_args_
 owners_app = typer.Typer(help="Owners and API keys (run on the server machine).", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident audit history.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Jobs: status and cancellation.", no_args_is_help=True)
+receipt_app = typer.Typer(help="Registration receipts: fetch and verify them.", no_args_is_help=True)
 app.add_typer(owners_app, name="owners")
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(receipt_app, name="receipt")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="TICKETGUARD_URL", help="Server URL.")]
@@ -191,29 +193,135 @@ def owners_create(name: str, admin: Annotated[bool, typer.Option("--admin")] = F
     print(key)
 
 
+CheckpointOpt = Annotated[Path | None, typer.Option(
+    "--checkpoint", exists=True, dir_okay=False,
+    help="A tree head saved earlier (`audit checkpoint`): also prove that today's log extends it.")]
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        console.print(f"[red]cannot read {what} {path}[/red]: {exc}")
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _local_session() -> Iterator:
+    from service.app import prepare_database
+    from service.db import sessions_for
+
+    settings = get_settings()
+    prepare_database(settings)
+    with sessions_for(settings)() as session:
+        yield settings, session
+
+
 @audit_app.command("verify")
 def audit_verify(
     url: Annotated[str | None, typer.Option(help="Ask a server instead of reading the database.")] = None,
     api_key: KeyOpt = None,
+    checkpoint: CheckpointOpt = None,
 ) -> None:
-    """Recompute the audit hash chain; exit 1 and name the first broken link if it is broken."""
+    """Check the transparency log: the hash chain recomputed from every event, the Merkle tree over it,
+    every tree head the log has signed, and with --checkpoint a head you saved earlier. Exit 1 and say
+    what is wrong if anything is. With --url the server checks itself, and the checkpoint is proven
+    with the server's consistency proof and the key the checkpoint names."""
+    from service.audit.merkle import TreeHead, VerificationFailed
+
+    saved = None
+    if checkpoint is not None:
+        try:
+            saved = TreeHead.from_dict(_read_json(checkpoint, "checkpoint"))
+        except VerificationFailed as exc:
+            console.print(f"[red]{checkpoint}[/red]: {exc}")
+            raise typer.Exit(2) from exc
+    if url:
+        client = _client(url, api_key)
+        with reporting_client_errors():
+            report = client.audit_verify()
+            if report["ok"] and saved is not None:
+                report = report | {"checkpoint": _remote_checkpoint(client, saved)}
+                if not report["checkpoint"]["consistent"]:
+                    report |= {"ok": False, "reason": report["checkpoint"]["reason"]}
+    else:
+        from service.audit.log_key import signing_key
+        from service.audit.transparency import verify_log
+
+        with _local_session() as (settings, session):
+            report = verify_log(session, signing_key(settings).public_key(), saved).to_dict()
+    if report["ok"]:
+        extends = (f"; extends the checkpoint of {report['checkpoint']['tree_size']} events"
+                   if report.get("checkpoint") else "")
+        console.print(f"[green]audit log intact[/green]: {report['events_checked']} events, root "
+                      f"{str(report.get('root_hash'))[:16]}..., {report.get('tree_heads_checked', 0)} signed tree "
+                      f"heads consistent{extends}")
+        return
+    where = f" at event {report['first_broken_seq']}" if report.get("first_broken_seq") else ""
+    console.print(f"[red]audit log broken{where}[/red]: {report['reason']}")
+    raise typer.Exit(1)
+
+
+def _remote_checkpoint(client: TicketGuardClient, saved) -> dict:
+    """Whether the server's latest tree head extends `saved`, by its consistency proof, with the public
+    key the checkpoint names (the server's is taken only if its id is the checkpoint's key id)."""
+    from service.audit.log_key import LogKeyError, load_public_key
+    from service.audit.merkle import TreeHead, VerificationFailed, verify_consistency
+
+    try:
+        public = load_public_key(client.public_key()["public_key_pem"])
+        latest = TreeHead.from_dict(client.tree_head())
+        saved.verify(public)
+        latest.verify(public)
+        proof = client.consistency_proof(saved.tree_size, latest.tree_size)["proof"] \
+            if saved.tree_size <= latest.tree_size else None
+        verify_consistency(saved, latest, proof)
+    except (VerificationFailed, LogKeyError) as exc:
+        return {"tree_size": saved.tree_size, "timestamp": saved.timestamp, "consistent": False, "reason": str(exc)}
+    return {"tree_size": saved.tree_size, "timestamp": saved.timestamp, "consistent": True}
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="Write the tree head here.")],
+    url: Annotated[str | None, typer.Option(help="Ask a server instead of reading the database.")] = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Save the log's latest signed tree head. Keep it away from the server (another machine, a
+    write-once bucket): `audit verify --checkpoint FILE` later proves the log still extends it."""
     if url:
         with reporting_client_errors():
-            report = _client(url, api_key).audit_verify()
+            head = _client(url, api_key).tree_head()
     else:
-        from service.app import prepare_database
-        from service.audit.chain import verify_chain
-        from service.db import sessions_for
+        from service.audit.log_key import signing_key
+        from service.audit.transparency import latest_tree_head
 
-        settings = get_settings()
-        prepare_database(settings)
-        with sessions_for(settings)() as session:
-            report = verify_chain(session).to_dict()
-    if report["ok"]:
-        console.print(f"[green]audit chain intact[/green]: {report['events_checked']} events")
+        with _local_session() as (settings, session):
+            head = latest_tree_head(session, signing_key(settings)).to_dict()
+            session.commit()
+    output.write_text(json.dumps(head, indent=2) + "\n")
+    console.print(f"tree head of {head['tree_size']} events (root {head['root_hash'][:16]}...) written to {output}")
+
+
+@audit_app.command("public-key")
+def audit_public_key(
+    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False,
+                                                help="Write the PEM here (default: print it).")] = None,
+    url: Annotated[str | None, typer.Option(help="Ask a server instead of reading the key file.")] = None,
+) -> None:
+    """The log's Ed25519 public key (PEM), which verifies receipts and tree heads offline."""
+    if url:
+        with reporting_client_errors():
+            pem = TicketGuardClient(url, "").public_key()["public_key_pem"]
+    else:
+        from service.audit.log_key import public_pem, signing_key
+
+        pem = public_pem(signing_key(get_settings()).public_key())
+    if output is None:
+        print(pem, end="")
         return
-    console.print(f"[red]audit chain broken at event {report['first_broken_seq']}[/red]: {report['reason']}")
-    raise typer.Exit(1)
+    output.write_text(pem)
+    console.print(f"public key written to {output}")
 
 
 @audit_app.command("list")
@@ -513,6 +621,53 @@ def jobs_wait(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) ->
     with reporting_client_errors():
         job = wait_with_progress(_client(url, api_key), job_id, "job")
     console.print_json(data=job)
+
+
+@receipt_app.command("get")
+def receipt_get(ticket_id: str,
+                output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="Write it here.")],
+                url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
+    """Save the receipt of your ticket's registration (the event, a signed tree head, the inclusion proof)."""
+    with reporting_client_errors():
+        found = _client(url, api_key).ticket_receipt(ticket_id)
+    output.write_text(json.dumps(found, indent=2) + "\n")
+    console.print(f"receipt for event {found['leaf_index']} (tree of {found['tree_head']['tree_size']} events) "
+                  f"written to {output}")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    receipt: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A receipt saved earlier.")],
+    public_key: Annotated[Path, typer.Option(exists=True, dir_okay=False,
+                                             help="The log's public key (PEM, `audit public-key`).")],
+    url: Annotated[str | None, typer.Option(help="Also prove that the server's log today still extends the "
+                                            "receipt's tree head.")] = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Check a receipt offline with only the log's public key: the event's hash, its inclusion in the
+    tree head, the head's signature. With --url also against the server's log today (a rewrite of the
+    log since the receipt was issued fails here)."""
+    from service.audit.log_key import LogKeyError, read_public_key
+    from service.audit.merkle import TreeHead, VerificationFailed, verify_consistency, verify_receipt
+
+    try:
+        key = read_public_key(public_key)
+        head = verify_receipt(_read_json(receipt, "receipt"), key)
+        if url:
+            client = _client(url, api_key)
+            with reporting_client_errors():
+                latest = TreeHead.from_dict(client.tree_head())
+                latest.verify(key)
+                proof = client.consistency_proof(head.tree_size, latest.tree_size)["proof"] \
+                    if head.tree_size <= latest.tree_size else None
+            verify_consistency(head, latest, proof)
+    except (VerificationFailed, LogKeyError) as exc:
+        console.print(f"[red]receipt does not verify[/red]: {exc}")
+        raise typer.Exit(1) from exc
+    event = json.loads(receipt.read_text())["event"]
+    today = " and the server's log today extends it" if url else ""
+    console.print(f"[green]receipt verifies[/green]: event {event['seq']} ({event['action']} {event['subject']}, "
+                  f"{event['ts']}) is in the log's signed tree of {head.tree_size} events{today}")
 
 
 @app.command()

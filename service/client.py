@@ -117,6 +117,18 @@ class TicketGuardClient:
     def audit_verify(self) -> dict:
         return self._call("GET", "/v1/audit/verify")
 
+    def tree_head(self) -> dict:
+        return self._call("GET", "/v1/audit/tree-head")
+
+    def public_key(self) -> dict:
+        return self._call("GET", "/v1/audit/public-key")
+
+    def consistency_proof(self, first: int, second: int) -> dict:
+        return self._call("GET", "/v1/audit/proofs/consistency", params={"first": first, "second": second})
+
+    def ticket_receipt(self, ticket_id: str) -> dict:
+        return self._call("GET", f"/v1/tickets/{ticket_id}/receipt")
+
     def wait(self, job_id: str, *, on_progress: Callable[[dict], None] | None = None,
              timeout: float = 3600.0, interval: float = 0.25) -> dict:
         """Poll a job until it ends; returns its final state."""

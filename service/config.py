@@ -7,6 +7,7 @@ import ipaddress
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted upload.")
     secret_key: str | None = Field(None, description="Server secret for API-key and payload MACs; "
                                    "generated once into DATA_DIR when unset.")
+    log_key_file: Path | None = Field(None, description="The transparency log's Ed25519 signing key (PKCS#8 "
+                                      "PEM); default DATA_DIR/log-signing-key.pem, generated once. Keep it off "
+                                      "the database's machine: whoever holds it can sign tree heads.")
     executor: Literal["local", "inline", "external", "ray"] = Field(
         "local", description="local: `serve` runs jobs in subprocesses; inline: in the API "
         "process after the response (tests); external: a separate `ticketguard supervise` runs them; "
@@ -150,31 +154,20 @@ class Settings(BaseSettings):
         return self.database_url is None
 
     def secret(self) -> bytes:
-        """The server secret; generated once into DATA_DIR/secret.key (mode 0600) when unset.
-
-        The key is written to a temporary file and hard-linked into place, so processes starting
-        together agree on one key and never read a half-written file; an empty key file is refused.
-        """
+        """The server secret; generated once into DATA_DIR/secret.key (mode 0600) when unset."""
         if self.secret_key:
             return self.secret_key.encode()
         path = self.data_dir / "secret.key"
-        if not path.exists():
-            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".secret-", dir=self.data_dir)
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(32))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                with contextlib.suppress(FileExistsError):
-                    os.link(temporary, path)
-            finally:
-                os.unlink(temporary)
-        value = path.read_text().strip()
+        value = generated_file(path, lambda: secrets.token_hex(32).encode()).decode().strip()
         if not value:
             raise RuntimeError(f"the secret file {path} is empty: restore it, or set TICKETGUARD_SECRET_KEY "
                                "(a new secret invalidates every API key)")
         return value.encode()
+
+    @property
+    def resolved_log_key_file(self) -> Path:
+        """Where the transparency log's Ed25519 signing key lives (LOG_KEY_FILE, default in DATA_DIR)."""
+        return self.log_key_file or self.data_dir / "log-signing-key.pem"
 
     def db_timeouts(self, *, requests: bool = False) -> Timeouts:
         """The database timeouts of the job system's connections, or (`requests`) of API requests'."""
@@ -211,6 +204,8 @@ class Settings(BaseSettings):
         })
         if self.secret_key:
             env["TICKETGUARD_SECRET_KEY"] = self.secret_key
+        if self.log_key_file:
+            env["TICKETGUARD_LOG_KEY_FILE"] = str(self.log_key_file.resolve())
         for variable, value in (("TICKETGUARD_ARTIFACT_URL", self.artifact_url),
                                 ("TICKETGUARD_S3_ENDPOINT_URL", self.s3_endpoint_url),
                                 ("TICKETGUARD_S3_REGION", self.s3_region)):
@@ -225,6 +220,27 @@ class Settings(BaseSettings):
         for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(variable, threads)
         return env
+
+
+def generated_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The content of `path`, written first (mode 0600) from `make()` when it does not exist.
+
+    The content is written to a temporary file and hard-linked into place, so processes starting
+    together agree on one value and never read a half-written file.
+    """
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(make())
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    return path.read_bytes()
 
 
 @lru_cache

@@ -264,6 +264,20 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditTreeHead(Base):
+    """A signed tree head of the transparency log: the Merkle root over the first `tree_size` events,
+    signed with the log's Ed25519 key (append-only like the events)."""
+
+    __tablename__ = "audit_tree_heads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(Integer, index=True)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
 class UploadedDataset(Base):
     """An owner's `.npz` dataset; visible to that owner only."""
 

@@ -5,10 +5,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.audit.chain import verify_chain
-from service.audit.schemas import AuditEventOut, AuditPage, ChainReportOut
-from service.audit.service import list_events
-from service.deps import CurrentOwner, DbSession
+from service.audit.log_key import key_id, public_pem, signing_key
+from service.audit.merkle import event_json
+from service.audit.schemas import (
+    AuditEventOut,
+    AuditPage,
+    ConsistencyProofOut,
+    InclusionProofOut,
+    LogReportOut,
+    PublicKeyOut,
+    ReceiptOut,
+    TreeHeadOut,
+)
+from service.audit.service import list_events, visible_event
+from service.audit.transparency import consistency_proof, inclusion_proof, latest_tree_head, receipt, verify_log
+from service.deps import CurrentOwner, DbSession, SettingsDep
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -29,7 +40,56 @@ def audit_history(
                      next_cursor=next_cursor)
 
 
-@router.get("/verify", response_model=ChainReportOut)
-def audit_verify(owner: CurrentOwner, session: DbSession) -> ChainReportOut:
-    """Recompute the whole hash chain and name the first broken link, if any."""
-    return ChainReportOut(**verify_chain(session).to_dict())
+@router.get("/verify", response_model=LogReportOut)
+def audit_verify(owner: CurrentOwner, session: DbSession, settings: SettingsDep) -> LogReportOut:
+    """Recompute the whole log: the hash chain from every event's content (naming the first broken
+    link), the Merkle tree over it, and every tree head the log has signed. A checkpoint kept outside
+    the server is checked with `ticketguard audit verify --checkpoint FILE`."""
+    return LogReportOut(**verify_log(session, signing_key(settings).public_key()).to_dict())
+
+
+@router.get("/public-key", response_model=PublicKeyOut)
+def audit_public_key(settings: SettingsDep) -> PublicKeyOut:
+    """The log's Ed25519 public key, which verifies tree heads and receipts offline (no API key needed)."""
+    public = signing_key(settings).public_key()
+    return PublicKeyOut(algorithm="Ed25519", key_id=key_id(public), public_key_pem=public_pem(public))
+
+
+@router.get("/tree-head", response_model=TreeHeadOut)
+def audit_tree_head(owner: CurrentOwner, session: DbSession, settings: SettingsDep) -> TreeHeadOut:
+    """The latest signed tree head over the whole log (signed now if the log has grown). Save it: a later
+    log that does not extend it is caught by `ticketguard audit verify --checkpoint`."""
+    head = latest_tree_head(session, signing_key(settings))
+    session.commit()
+    return TreeHeadOut(**head.to_dict())
+
+
+@router.get("/proofs/consistency", response_model=ConsistencyProofOut)
+def audit_consistency_proof(owner: CurrentOwner, session: DbSession,
+                            first: Annotated[int, Query(ge=0, description="The older tree head's size.")],
+                            second: Annotated[int, Query(ge=0, description="The newer tree head's size.")],
+                            ) -> ConsistencyProofOut:
+    """The RFC 9162 proof that the tree over the first `second` events extends the one over the first
+    `first` (null where none is needed: `first` 0 or equal sizes)."""
+    return ConsistencyProofOut(first=first, second=second, proof=consistency_proof(session, first, second))
+
+
+@router.get("/proofs/inclusion/{seq}", response_model=InclusionProofOut)
+def audit_inclusion_proof(seq: int, owner: CurrentOwner, session: DbSession,
+                          tree_size: Annotated[int, Query(ge=1, description="The tree head's size.")],
+                          ) -> InclusionProofOut:
+    """The RFC 9162 proof that event `seq` (one you can see) is leaf `seq` of the tree over the first
+    `tree_size` events."""
+    event = visible_event(session, owner=owner, seq=seq)
+    return InclusionProofOut(seq=seq, tree_size=tree_size, event=event_json(event),
+                             proof=inclusion_proof(session, seq, tree_size))
+
+
+@router.get("/receipts/{seq}", response_model=ReceiptOut)
+def audit_receipt(seq: int, owner: CurrentOwner, session: DbSession, settings: SettingsDep) -> ReceiptOut:
+    """A receipt for event `seq` (one you can see): the event, a signed tree head that includes it and
+    the inclusion proof. Keep it; `ticketguard receipt verify FILE` checks it with only the public key."""
+    event = visible_event(session, owner=owner, seq=seq)
+    result = receipt(session, event, signing_key(settings))
+    session.commit()
+    return ReceiptOut(**result)

@@ -29,3 +29,46 @@ class ChainReportOut(BaseModel):
     events_checked: int
     first_broken_seq: int | None
     reason: str | None
+
+
+class LogReportOut(ChainReportOut):
+    tree_size: int
+    root_hash: str | None
+    tree_heads_checked: int
+    checkpoint: dict[str, Any] | None
+
+
+class TreeHeadOut(BaseModel):
+    log: str
+    tree_size: int
+    root_hash: str
+    timestamp: str
+    key_id: str
+    signature: str
+
+
+class PublicKeyOut(BaseModel):
+    algorithm: str
+    key_id: str
+    public_key_pem: str
+
+
+class ConsistencyProofOut(BaseModel):
+    first: int
+    second: int
+    proof: dict[str, Any] | None
+
+
+class InclusionProofOut(BaseModel):
+    seq: int
+    tree_size: int
+    event: dict[str, Any]
+    proof: dict[str, Any]
+
+
+class ReceiptOut(BaseModel):
+    format: str
+    event: dict[str, Any]
+    leaf_index: int
+    tree_head: TreeHeadOut
+    inclusion_proof: dict[str, Any]

@@ -55,3 +55,12 @@ def list_events(session: Session, *, owner: Owner, ticket_id: str | None, since:
     rows = list(session.execute(query.limit(limit + 1)).scalars())
     next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def visible_event(session: Session, *, owner: Owner, seq: int) -> AuditEvent:
+    """Event `seq` if `owner` may see it (its own; any for an admin); else a 404 that does not say whether
+    it exists."""
+    event = session.get(AuditEvent, seq) if 0 < seq < 2**63 else None
+    if event is None or not (owner.is_admin or event.owner_id == owner.id):
+        raise APIError(404, "event_not_found", f"no audit event {seq} visible to your key")
+    return event

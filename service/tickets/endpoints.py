@@ -6,14 +6,18 @@ from typing import Annotated, BinaryIO, Literal
 from fastapi import APIRouter, BackgroundTasks, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from safetensors.torch import save as save_safetensors
+from sqlalchemy import select
 
 from service.artifact_records import record_artifact
+from service.audit.log_key import signing_key
+from service.audit.schemas import ReceiptOut
+from service.audit.transparency import receipt
 from service.datasets.catalog import DatasetRef, resolve_dataset
 from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.errors import APIError
 from service.finding.service import found_ticket_path
 from service.jobs.service import visible_job
-from service.models import Signature, Ticket, TriggerSet
+from service.models import AuditEvent, Signature, Ticket, TriggerSet
 from service.openapi import binary_response
 from service.signatures.service import SignatureRequest, check_qr_fits
 from service.tickets import service
@@ -145,6 +149,23 @@ def list_tickets(owner: CurrentOwner, session: DbSession) -> TicketList:
 @router.get("/{ticket_id}", response_model=TicketOut)
 def get_ticket(ticket_id: str, owner: CurrentOwner, session: DbSession) -> TicketOut:
     return ticket_out(session, service.visible_ticket(session, owner=owner, ticket_id=ticket_id))
+
+
+@router.get("/{ticket_id}/receipt", response_model=ReceiptOut)
+def ticket_receipt(ticket_id: str, owner: CurrentOwner, session: DbSession, settings: SettingsDep) -> ReceiptOut:
+    """The receipt of your ticket's registration: the `ticket.registered` event, a signed tree head of
+    the transparency log that includes it, and the inclusion proof. Keep it: it proves when the ticket
+    was registered, offline, with only the log's public key (`ticketguard receipt verify FILE`)."""
+    ticket = service.visible_ticket(session, owner=owner, ticket_id=ticket_id)
+    event = session.execute(select(AuditEvent).where(AuditEvent.ticket_id == ticket.id,
+                                                     AuditEvent.action == "ticket.registered")
+                            .order_by(AuditEvent.seq).limit(1)).scalar()
+    if event is None:
+        raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered: "
+                                              "a receipt exists once its registration job has succeeded")
+    result = receipt(session, event, signing_key(settings))
+    session.commit()
+    return ReceiptOut(**result)
 
 
 @router.get("/{ticket_id}/model", response_class=FileResponse,
