@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.artifacts import ArtifactStoreError, make_store
 from service.attacks.endpoints import router as attacks_router
+from service.audit.alerts import router as alerts_router
 from service.audit.endpoints import router as audit_router
 from service.config import Settings, get_settings
 from service.datasets.endpoints import router as datasets_router
@@ -140,7 +141,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     install_error_handlers(app)
     app.add_middleware(RequestGate, max_upload_bytes=settings.max_upload_bytes)
     for router in (owners_router, datasets_router, finding_router, tickets_router, locks_router,
-                   attacks_router, verifications_router, jobs_router, audit_router):
+                   attacks_router, verifications_router, jobs_router, audit_router, alerts_router):
         app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", tags=["health"])

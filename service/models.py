@@ -96,6 +96,10 @@ class Ticket(Base):
     init_signs_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), nullable=True)
     init_seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     init_public: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # screening at registration: why it was refused (`derives_from_registered_ticket`), or the same owner's
+    # earlier ticket it derives from
+    error_code: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    derived_from_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Signature(Base):

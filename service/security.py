@@ -20,3 +20,8 @@ def hash_api_key(secret: bytes, key: str) -> str:
 def display_prefix(key: str) -> str:
     """The part of a key that may be shown later to tell keys apart."""
     return key[:10]
+
+
+def pseudonym(secret: bytes, owner_id: str) -> str:
+    """A stable name for an owner in someone else's alerts that reveals nothing else about them."""
+    return "owner-" + hmac.new(secret, f"pseudonym:{owner_id}".encode(), hashlib.sha256).hexdigest()[:12]

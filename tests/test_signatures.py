@@ -15,9 +15,12 @@ from verifier.attacks import permute_hidden_units
 
 def test_signed_ticket_is_caught_through_permutation_and_only_its_owner_sees_the_evidence(
         client, alice, bob, model_files, tmp_path):
+    # the unsigned ticket first: registered the other way round, its screening would find the signed one
+    # (another owner's would be refused; the owner's own is linked)
+    plain = register_ok(client, alice.headers, model_files.ticket, name="unsigned copy")
     ticket = register_ok(client, alice.headers, model_files.ticket, signature="qr", recovery_epochs=1)
-    plain = register_ok(client, bob.headers, model_files.ticket, name="unsigned copy")
     assert ticket["signature"] == "qr" and plain["signature"] == "fingerprint"
+    assert ticket["derived_from"] == plain["id"]
     report = ticket["signature_report"]
     assert report["kernels_removed"] > 0 and report["recovery"]["epochs"] == 1
     assert abs(report["accuracy_before"] - report["accuracy_after"]) < 0.05  # the fidelity cost is small

@@ -18,6 +18,11 @@ class JobFailed(Exception):
     """A failure the job's owner can act on; its message is stored on the job."""
 
 
+class RunAgain(Exception):
+    """Raised by a job's final transaction when what the body read has changed since (a registration of
+    the same kind committed meanwhile): the runner rolls back and runs the body again, a few times."""
+
+
 class JobCancelled(Exception):
     """Raised inside a job when its cancel flag is seen."""
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from service.artifacts import ArtifactStoreError, make_store
 from service.config import Settings
 from service.db import sessions_for
-from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost
+from service.jobs.context import JobCancelled, JobContext, JobFailed, LeaseLost, RunAgain
 from service.jobs.handlers import HANDLERS, mark_domain_failed
 from service.jobs.service import beat, finish_cancelled, hold_if_ours
 from service.models import utcnow
@@ -74,7 +74,27 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
         log.warning("job %s: database unavailable at start (%s); leaving it to be retried", job_id, exc.orig)
         return "database_unavailable"
     handler = HANDLERS.get(kind)
-    outcome: tuple[str, object]
+    for attempt in range(RUN_AGAIN_LIMIT + 1):
+        outcome = _run_body(settings, handler, kind, params, job_id, lease_owner)
+        if isinstance(outcome, str):  # ended without an outcome to write (lease lost, a store away)
+            return outcome
+        try:
+            return _write_with_retries(make_session, handler, job_id, lease_owner, outcome)
+        except RunAgain as exc:
+            if attempt == RUN_AGAIN_LIMIT:
+                return _write_with_retries(make_session, handler, job_id, lease_owner,
+                                           ("failed", f"{exc}; gave up after {attempt + 1} runs, try again"))
+            log.info("job %s: %s", job_id, exc)
+    raise AssertionError("unreachable")
+
+
+RUN_AGAIN_LIMIT = 3  # runs of a job body after the first when its final transaction asks for one (RunAgain)
+
+
+def _run_body(settings: Settings, handler, kind: str, params: dict, job_id: str,
+              lease_owner: str) -> tuple[str, object] | str:
+    """Run the job's body; its outcome (status, result or error), or a status string when there is none to
+    write (the lease was lost, the database or the store went away: the job is retried)."""
     try:
         if handler is None:
             raise JobFailed(f"unknown job kind {kind!r}")
@@ -82,12 +102,12 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
             ctx = JobContext(settings=settings, job_id=job_id, lease_owner=lease_owner, params=params,
                              store=make_store(settings))
             ctx.progress(0.0, "running", force=True)
-            outcome = ("succeeded", handler.run(ctx))
+            return "succeeded", handler.run(ctx)
     except LeaseLost:
         log.warning("job %s: lease lost; another worker owns it", job_id)
         return "lease_lost"
     except JobCancelled:
-        outcome = ("cancelled", None)
+        return "cancelled", None
     except OperationalError as exc:  # the database went away mid-job: not the job's fault, and nothing
         # can be written now; the supervisor sees this worker end with the job still ours and requeues it
         log.warning("job %s: database unavailable (%s); leaving it to be retried", job_id, exc.orig)
@@ -96,10 +116,13 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
         log.warning("job %s: artifact store unavailable (%s); leaving it to be retried", job_id, exc)
         return "artifact_store_unavailable"
     except (JobFailed, VerifierError) as exc:
-        outcome = ("failed", str(exc))
+        return "failed", str(exc)
     except Exception as exc:  # a bug: keep the worker's traceback in its log, a summary on the job
         log.exception("job %s crashed", job_id)
-        outcome = ("failed", f"internal error: {type(exc).__name__}: {exc}")
+        return "failed", f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _write_with_retries(make_session, handler, job_id: str, lease_owner: str, outcome: tuple[str, object]) -> str:
     for delay in OUTCOME_RETRIES:  # a lock or statement timeout must not throw the finished work away
         try:
             return _write_outcome(make_session, handler, job_id, lease_owner, *outcome)

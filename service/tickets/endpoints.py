@@ -45,7 +45,8 @@ def ticket_out(session, ticket: Ticket) -> TicketOut:
     return TicketOut(id=ticket.id, name=ticket.name, arch=ticket.arch, dataset=ticket.dataset,
                      status=ticket.status, sparsity=ticket.sparsity, layer_sparsity=ticket.layer_sparsity,
                      model_sha256=ticket.model_sha256, job_id=ticket.job_id, created_at=ticket.created_at,
-                     registered_at=ticket.registered_at, error=ticket.error, signature=ticket.signature,
+                     registered_at=ticket.registered_at, error=ticket.error, error_code=ticket.error_code,
+                     derived_from=ticket.derived_from_id, signature=ticket.signature,
                      initialisation=service.initialisation_label(ticket),
                      signature_report=signature.report if signature else None,
                      trigger_set_report=triggers.report if triggers else None)

@@ -27,6 +27,8 @@ class TicketOut(BaseModel):
     created_at: datetime
     registered_at: datetime | None
     error: str | None = None
+    error_code: str | None = None  # refused: `derives_from_registered_ticket`
+    derived_from: str | None = None  # your earlier ticket this one derives from (screening at registration)
     signature: str = "none"
     initialisation: str = "unknown"  # public (seed N): others may start from it too; private; unknown
     signature_report: dict[str, Any] | None = None  # placement, changes made, accuracy before/after

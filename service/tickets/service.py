@@ -21,7 +21,9 @@ from service.jobs.context import JobContext
 from service.jobs.service import enqueue
 from service.modelfiles import parse_for_arch, store_mask, store_weights
 from service.models import Job, Owner, Signature, Ticket, TicketSummary, TriggerSet, utcnow
+from service.security import pseudonym
 from service.signatures.service import SignatureRequest, sign_registration
+from service.tickets import screening
 from service.triggers.service import (
     TRIGGER_MATCHES,
     TriggerRequest,
@@ -79,6 +81,12 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
     parsed = parse_for_arch(ctx.store.path(params["upload_sha256"]), arch=params["arch"], spec=dataset.spec,
                             require_sparse=True)
     weights, mask, credential = parsed.weights, parsed.mask, None
+    found = screening.screen_registration(ctx, arch=params["arch"], dataset=params["dataset"], spec=dataset.spec,
+                                          weights=weights, mask=mask, prunable=parsed.prunable,
+                                          upload_sha256=params["upload_sha256"])
+    if found.others(params["owner_id"]):  # refused: nothing is signed, stored or calibrated
+        return {"screening": screening.as_dict(found),
+                "registrant": pseudonym(ctx.settings.secret(), params["owner_id"])}
     request = SignatureRequest(**params.get("signature") or {"kind": "none"})
     if request.kind in ("auto", "qr"):
         signed = sign_registration(ctx, request=request, owner_id=params["owner_id"], ticket_id=params["ticket_id"],
@@ -124,7 +132,8 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
             "layer_sparsity": {k: 1.0 - v for k, v in densities(mask).items()},
             "signature": kind, "credential": credential,
             "summary": spectral_summary(weights, parsed.prunable).tolist(),
-            "topology_references": references, "trigger_set": trigger_set, "initialisation": initialisation}
+            "topology_references": references, "trigger_set": trigger_set, "initialisation": initialisation,
+            "screening": screening.as_dict(found)}
 
 
 def describe_initialisation(store: ArtifactStore, arch: str, spec: tuple, weights: dict, mask: dict,
@@ -173,8 +182,17 @@ def record_initialisation(session: Session, store: ArtifactStore, ticket: Ticket
 
 
 def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> None:
-    """In the job's final transaction: the ticket becomes `registered`, and the audit says so."""
+    """In the job's final transaction: the ticket becomes `registered` (or `refused`: it derives from another
+    owner's earlier ticket), and the audit says so."""
     ticket = session.get(Ticket, job.params["ticket_id"])
+    found = screening.Screening(**result.pop("screening"))
+    screening.check_no_registration_since(session, ticket, found.log_size)
+    result["screening"] = screening.screening_report(found, ticket.owner_id)
+    if found.others(ticket.owner_id):
+        screening.refuse(session, ticket, found, registrant=result.pop("registrant"))
+        return
+    own = found.own(ticket.owner_id)
+    ticket.derived_from_id = own[0]["ticket_id"] if own else None
     record_artifact(session, sha256=result["model_sha256"], size=result["model_size"], kind="model")
     record_artifact(session, sha256=result["mask_sha256"], size=result["mask_size"], kind="mask")
     ticket.model_sha256, ticket.mask_sha256 = result["model_sha256"], result["mask_sha256"]
@@ -209,6 +227,7 @@ def finish_registration(session: Session, job: Job, result: dict[str, Any]) -> N
                  payload={"name": ticket.name, "arch": ticket.arch, "dataset": ticket.dataset,
                           "model_sha256": ticket.model_sha256, "mask_sha256": ticket.mask_sha256,
                           "sparsity": round(ticket.sparsity, 6), "signature": ticket.signature,
+                          "derived_from": ticket.derived_from_id,
                           "trigger_set": trigger_set["source"] if trigger_set else None,
                           # commits the set's contents to this time (an uploaded set proves nothing
                           # about models that existed before it)

@@ -20,8 +20,8 @@ from service.jobs.service import enqueue
 from service.locks.service import key_check_params, run_key_check
 from service.modelfiles import ParsedModel, fit_to_template, parse_for_arch
 from service.models import Job, Owner, Signature, Ticket, TriggerSet, Verification, utcnow
+from service.security import pseudonym
 from service.signatures.service import check_signature
-from service.tickets.service import visible_ticket
 from service.triggers.endpoint import EndpointPolicy, EndpointRefused, resolve_target
 from service.triggers.service import (
     TRIGGER_MATCHES,
@@ -80,7 +80,7 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
                                                "it is checked against")
     key_params, ticket, suspect_sha256 = None, None, None
     if ticket_id:
-        ticket = visible_ticket(session, owner=owner, ticket_id=ticket_id)
+        ticket = get_visible(session, Ticket, ticket_id, owner=owner, what="ticket")
         if ticket.status != "registered":
             raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered")
         if mode != "white_box" and session.get(TriggerSet, ticket.id) is None:
@@ -126,7 +126,13 @@ def submit_verification(session: Session, *, owner: Owner, store: ArtifactStore,
 
 
 def run_verification(ctx: JobContext) -> dict[str, Any]:
-    """Job body. White-box (and `both`): rank the compatible registered tickets by weight summary, then
+    """Job body: the verdict (`judge`), and the requester's pseudonym for the alert a match sends the
+    matched ticket's owner."""
+    return judge(ctx) | {"requester": pseudonym(ctx.settings.secret(), ctx.params["requester_id"])}
+
+
+def judge(ctx: JobContext) -> dict[str, Any]:
+    """The verdict. White-box (and `both`): rank the compatible registered tickets by weight summary, then
     test the nearest few in full (topology; the QR module test and decoding where signed, else the
     aligned topology test where calibrated; in `both` mode the trigger set too). The candidate with
     the smallest p decides, corrected for the number tested; a decoded payload with a valid MAC ends
@@ -420,6 +426,16 @@ def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> N
                  ticket_id=verification.matched_ticket_id or verification.requested_ticket_id,
                  payload={"verdict": result["verdict"], "p_value": result["p_value"],
                           "matched_ticket_id": verification.matched_ticket_id, "attested_by": attested})
+    asker = result.pop("requester", None)
+    matched = session.get(Ticket, verification.matched_ticket_id) if verification.matched_ticket_id else None
+    if matched is not None and matched.owner_id != verification.owner_id:  # tell the owner, not who asked
+        append_event(session, actor="verification", action=ALERT_MATCHED, subject=f"ticket:{matched.id}",
+                     owner_id=matched.owner_id, ticket_id=matched.id,
+                     payload={"asker": asker, "p_value": result["p_value"], "mode": verification.mode,
+                              "attested_by": attested})
+
+
+ALERT_MATCHED = "alert.ticket_matched"
 
 
 def attested_by(source: str) -> str:
