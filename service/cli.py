@@ -22,10 +22,12 @@ owners_app = typer.Typer(help="Owners and API keys (run on the server machine)."
 audit_app = typer.Typer(help="The tamper-evident audit history.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Jobs: status and cancellation.", no_args_is_help=True)
 receipt_app = typer.Typer(help="Registration receipts: fetch and verify them.", no_args_is_help=True)
+registry_app = typer.Typer(help="The registry as a whole (run on the server machine).", no_args_is_help=True)
 app.add_typer(owners_app, name="owners")
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(receipt_app, name="receipt")
+app.add_typer(registry_app, name="registry")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="TICKETGUARD_URL", help="Server URL.")]
@@ -621,6 +623,56 @@ def jobs_wait(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) ->
     with reporting_client_errors():
         job = wait_with_progress(_client(url, api_key), job_id, "job")
     console.print_json(data=job)
+
+
+@registry_app.command("screen")
+def registry_screen(
+    mark: Annotated[bool, typer.Option(help="Apply what registration screening would have done: link a ticket "
+                                       "to its owner's earlier ticket, refuse one deriving from another owner's "
+                                       "(and alert that owner).")] = False,
+) -> None:
+    """Screen every registered ticket, oldest first, against the tickets registered before it, as
+    registration now does (for tickets registered before screening existed). Prints every derived pair;
+    exit 1 if a ticket derives from another owner's earlier ticket and --mark was not given."""
+    from sqlalchemy import select
+
+    from service.artifacts import make_store
+    from service.datasets.catalog import resolve_dataset
+    from service.models import Owner, Ticket
+    from service.security import pseudonym
+    from service.tickets.screening import OfflineContext, refuse, screen_registered
+
+    with _local_session() as (settings, session):
+        ctx = OfflineContext(settings=settings, store=make_store(settings))
+        todo = list(session.execute(select(Ticket.id).where(Ticket.status == "registered")
+                                    .order_by(Ticket.registered_at, Ticket.id)).scalars())
+        session.commit()
+        table = Table(title="derived tickets")
+        for column in ("ticket", "owner", "derives from", "its owner", "p", "action"):
+            table.add_column(column)
+        contested = 0
+        for ticket_id in todo:
+            ticket = session.get(Ticket, ticket_id)
+            spec = resolve_dataset(session, ticket.dataset, owner=None).spec
+            session.commit()  # no transaction idles while the weights are read and the tests run
+            found = screen_registered(ctx, ticket, spec)
+            contested += bool(found.others(ticket.owner_id))
+            for match in found.matches:
+                same = match["owner_id"] == ticket.owner_id
+                action = ("linked" if same else "refused") if mark else "none (no --mark)"
+                table.add_row(ticket.id, session.get(Owner, ticket.owner_id).name, match["ticket_id"],
+                              session.get(Owner, match["owner_id"]).name, f"{match['p_value']:.2g}", action)
+            if mark and found.matches:
+                if found.others(ticket.owner_id):
+                    refuse(session, ticket, found, registrant=pseudonym(settings.secret(), ticket.owner_id))
+                else:
+                    ticket.derived_from_id = found.own(ticket.owner_id)[0]["ticket_id"]
+                session.commit()
+    console.print(table)
+    console.print(f"screened {len(todo)} registered ticket(s); {contested} derive from another owner's earlier "
+                  "ticket" + ("" if mark or not contested else ": run again with --mark to refuse them"))
+    if contested and not mark:
+        raise typer.Exit(1)
 
 
 @receipt_app.command("get")

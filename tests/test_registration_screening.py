@@ -152,3 +152,45 @@ def test_refusal_reveals_nothing_through_io(client, alice, bob, model_files):
     assert client.get(f"/v1/tickets/{refused['id']}/receipt", headers=bob.headers).status_code == 409
     search = verify_ok(client, bob.headers, model_files.stolen)  # the registry holds only Alice's ticket
     assert search["verdict"] == "match" and search["ticket_id"] != refused["id"]
+
+
+def test_registry_screen_finds_and_marks_tickets_registered_before_screening(client, settings, alice, bob,
+                                                                              model_files, monkeypatch):
+    from typer.testing import CliRunner
+
+    import service.cli as cli
+    from service.config import get_settings
+    from service.tickets import screening
+
+    monkeypatch.setattr(screening, "screen_registration", lambda ctx, **_: screening.Screening(log_size=10**9))
+    original = register_ok(client, alice.headers, model_files.ticket)
+    own = register_ok(client, alice.headers, model_files.stolen, name="alice's own variant")
+    thief = register_ok(client, bob.headers, model_files.stolen, name="bob's")
+    independent = register_ok(client, bob.headers, model_files.independent)
+    assert own["derived_from"] is None and thief["status"] == "registered"  # as before screening existed
+    monkeypatch.undo()
+
+    monkeypatch.setenv("TICKETGUARD_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("TICKETGUARD_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("TICKETGUARD_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("TICKETGUARD_EXECUTOR", "inline")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        report = runner.invoke(cli.app, ["registry", "screen"])
+        assert report.exit_code == 1 and "1 derive from another owner" in report.output, report.output
+        assert client.get(f"/v1/tickets/{thief['id']}", headers=bob.headers).json()["status"] == "registered"
+        marked = runner.invoke(cli.app, ["registry", "screen", "--mark"])
+        assert marked.exit_code == 0, marked.output
+    finally:
+        get_settings.cache_clear()
+    assert client.get(f"/v1/tickets/{thief['id']}", headers=bob.headers).json()["status"] == "refused"
+    assert client.get(f"/v1/tickets/{own['id']}", headers=alice.headers).json()["derived_from"] == original["id"]
+    assert client.get(f"/v1/tickets/{independent['id']}", headers=bob.headers).json()["status"] == "registered"
+    alerts = _alerts(client, alice)
+    refusals = [a for a in alerts if a["action"] == "alert.derived_registration_refused"]
+    # one alert per earlier ticket the copy derives from (her original and her own variant)
+    assert {a["payload"]["refused_ticket_id"] for a in refusals} == {thief["id"]}
+    assert {a["ticket_id"] for a in refusals} == {original["id"], own["id"]}
+    search = verify_ok(client, bob.headers, model_files.stolen)
+    assert search["verdict"] == "match" and search["owner"] == "alice"

@@ -16,9 +16,12 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from service.artifacts import ArtifactStore
 from service.audit.chain import HEAD_ID, append_event
+from service.config import Settings
 from service.db import sessions_for
 from service.jobs.context import JobContext, RunAgain
+from service.modelfiles import parse_for_arch
 from service.models import AuditEvent, AuditHead, Owner, Ticket
 from service.verifications.search import index_entries, rank_entries
 from service.verifications.service import candidate_tests, decide_with, load_candidates, pair_seed
@@ -48,14 +51,19 @@ class Screening:
 
 
 def screen_registration(ctx: JobContext, *, arch: str, dataset: str, spec: tuple, weights: dict, mask: dict,
-                        prunable: list[str], upload_sha256: str) -> Screening:
+                        prunable: list[str], upload_sha256: str, before: Ticket | None = None) -> Screening:
     """The new ticket (`weights`, `mask` as uploaded, before any signature) against the earlier tickets of
-    its kind: ranked by weight summary, the nearest `search_candidates` tested in full (white-box, and the
-    trigger set where one was embedded), each decided as a 1:N verification decides its best candidate."""
+    its kind (with `before`, a registered ticket: those registered before it): ranked by weight summary,
+    the nearest `search_candidates` tested in full (white-box, and the trigger set where one was
+    embedded), each decided as a 1:N verification decides its best candidate."""
     settings = ctx.settings
     with sessions_for(settings)() as session:
         log_size = session.get(AuditHead, HEAD_ID).seq
         entries = [e for e in index_entries(session, None) if e.arch == arch and e.dataset == dataset]
+        if before is not None:
+            earlier = set(session.execute(select(Ticket.id).where(
+                Ticket.status == "registered", Ticket.registered_at < before.registered_at)).scalars())
+            entries = [e for e in entries if e.ticket_id in earlier]
     screening = Screening(log_size=log_size, candidates=len(entries))
     if not entries:
         return screening
@@ -114,3 +122,24 @@ def screening_report(screening: Screening, owner_id: str) -> dict[str, Any]:
 
 def as_dict(screening: Screening) -> dict[str, Any]:
     return asdict(screening)
+
+
+@dataclass
+class OfflineContext:
+    """What the screen needs of a job's context, outside a job (`ticketguard registry screen`)."""
+
+    settings: Settings
+    store: ArtifactStore
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self, fraction: float, message: str, *, force: bool = False) -> None:
+        """No job to report to."""
+
+
+def screen_registered(ctx: OfflineContext, ticket: Ticket, spec: tuple) -> Screening:
+    """A registered ticket screened as its registration would be today: its upload against the tickets
+    registered before it."""
+    parsed = parse_for_arch(ctx.store.path(ticket.upload_sha256), arch=ticket.arch, spec=spec, require_sparse=True)
+    return screen_registration(ctx, arch=ticket.arch, dataset=ticket.dataset, spec=spec, weights=parsed.weights,
+                               mask=parsed.mask, prunable=parsed.prunable, upload_sha256=ticket.upload_sha256,
+                               before=ticket)
