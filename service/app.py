@@ -17,6 +17,7 @@ from service.artifacts import ArtifactStoreError, make_store
 from service.attacks.endpoints import router as attacks_router
 from service.audit.alerts import router as alerts_router
 from service.audit.endpoints import router as audit_router
+from service.audit.witness import WitnessLoop
 from service.config import Settings, get_settings
 from service.datasets.endpoints import router as datasets_router
 from service.db import sessions_for
@@ -121,11 +122,16 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        witness = WitnessLoop(settings) if settings.audit_witness_url else None
         if start_executor:
             executor.start()
+        if witness is not None:
+            witness.start()
         try:
             yield
         finally:
+            if witness is not None:
+                witness.stop()
             if start_executor:
                 executor.stop()
 

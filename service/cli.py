@@ -305,6 +305,24 @@ def audit_checkpoint(
     console.print(f"tree head of {head['tree_size']} events (root {head['root_hash'][:16]}...) written to {output}")
 
 
+@audit_app.command("witness")
+def audit_witness() -> None:
+    """Write the log's latest signed tree head to the witness (TICKETGUARD_AUDIT_WITNESS_URL) once, as
+    `serve` does every AUDIT_WITNESS_INTERVAL seconds: for a cron job, or to check the setting."""
+    from service.app import prepare_database
+    from service.audit.witness import make_witness, witness_once
+
+    settings = get_settings()
+    if not settings.audit_witness_url:
+        console.print("[red]no witness configured[/red]: set TICKETGUARD_AUDIT_WITNESS_URL "
+                      "(file:///absolute/dir or s3://bucket/prefix)")
+        raise typer.Exit(2)
+    prepare_database(settings)
+    head, where = witness_once(settings, make_witness(settings))
+    console.print(f"tree head of {head.tree_size} events " + (f"written to {where}" if where else
+                                                             "already with the witness"))
+
+
 @audit_app.command("public-key")
 def audit_public_key(
     output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False,

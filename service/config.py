@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted upload.")
     secret_key: str | None = Field(None, description="Server secret for API-key and payload MACs; "
                                    "generated once into DATA_DIR when unset.")
+    audit_witness_url: str | None = Field(None, description="Where the server writes a signed tree head of the "
+                                          "transparency log every AUDIT_WITNESS_INTERVAL seconds while the log grows: "
+                                          "file:///absolute/dir (another disk, a mount) or s3://bucket/prefix (a "
+                                          "bucket with object lock; S3_ENDPOINT_URL and S3_REGION apply); unset: none.")
+    audit_witness_interval: float = Field(3600.0, gt=0, description="Seconds between witness checkpoints.")
+    audit_witness_retention_days: int = Field(0, ge=0, le=36500, description="S3 witness: keep each checkpoint "
+                                              "under object lock (COMPLIANCE) this many days; 0: the bucket's default.")
     log_key_file: Path | None = Field(None, description="The transparency log's Ed25519 signing key (PKCS#8 "
                                       "PEM); default DATA_DIR/log-signing-key.pem, generated once. Keep it off "
                                       "the database's machine: whoever holds it can sign tree heads.")
@@ -109,21 +116,21 @@ class Settings(BaseSettings):
             ipaddress.ip_network(network, strict=False)  # a ValueError names the bad entry
         return value
 
-    @field_validator("artifact_url")
+    @field_validator("artifact_url", "audit_witness_url")
     @classmethod
-    def _artifact_url(cls, value: str | None) -> str | None:
+    def _storage_url(cls, value: str | None, info) -> str | None:
         if not value:
             return None
+        variable = f"TICKETGUARD_{info.field_name.upper()}"
         parsed = urlparse(value)
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
-                raise ValueError("TICKETGUARD_ARTIFACT_URL: a file URL needs an absolute path, "
-                                 "e.g. file:///srv/ticketguard/artifacts")
+                raise ValueError(f"{variable}: a file URL needs an absolute path, e.g. file:///srv/ticketguard/x")
         elif parsed.scheme == "s3":
             if not parsed.netloc or any(c in parsed.netloc for c in "@:") or parsed.query or parsed.fragment:
-                raise ValueError("TICKETGUARD_ARTIFACT_URL: an s3 URL is s3://bucket or s3://bucket/prefix")
+                raise ValueError(f"{variable}: an s3 URL is s3://bucket or s3://bucket/prefix")
         else:
-            raise ValueError("TICKETGUARD_ARTIFACT_URL must be file:///absolute/path or s3://bucket/prefix, "
+            raise ValueError(f"{variable} must be file:///absolute/path or s3://bucket/prefix, "
                              f"not a {parsed.scheme + ':' if parsed.scheme else 'scheme-less'} URL")
         return value
 

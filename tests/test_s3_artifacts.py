@@ -304,3 +304,36 @@ def test_requests_get_503_while_the_bucket_is_unusable(settings, alice, model_fi
         assert response.json()["error"]["code"] == "artifact_store_unavailable"
         s3.create_bucket(Bucket=bucket)
         assert register(client, alice.headers, model_files.ticket).status_code == 202
+
+
+def test_checkpoints_go_to_an_object_locked_bucket(settings, alice, s3, s3_endpoint, monkeypatch):
+    """The transparency log's witness in S3: each checkpoint an object under COMPLIANCE retention, which
+    verifies against the log's public key."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import service.cli as cli
+    from service.audit.log_key import signing_key
+    from service.audit.merkle import TreeHead
+    from service.config import get_settings
+
+    locked = f"witness-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    for name, value in {"DATA_DIR": settings.data_dir, "DATABASE_URL": settings.resolved_database_url,
+                        "SECRET_KEY": "test-secret", "AUDIT_WITNESS_URL": f"s3://{locked}/log",
+                        "AUDIT_WITNESS_RETENTION_DAYS": 7, "S3_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(f"TICKETGUARD_{name}", str(value))
+    get_settings.cache_clear()
+    try:
+        written = CliRunner().invoke(cli.app, ["audit", "witness"])
+        again = CliRunner().invoke(cli.app, ["audit", "witness"])
+    finally:
+        get_settings.cache_clear()
+    assert written.exit_code == 0 and f"s3://{locked}/log/checkpoint-" in written.output, written.output
+    assert again.exit_code == 0, again.output
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=locked)["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith("log/checkpoint-000000000002-"), keys
+    assert s3.head_object(Bucket=locked, Key=keys[0])["ObjectLockMode"] == "COMPLIANCE"
+    head = TreeHead.from_dict(json.loads(s3.get_object(Bucket=locked, Key=keys[0])["Body"].read()))
+    head.verify(signing_key(settings).public_key())

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import service.cli as cli
+from service.app import create_app
 from service.audit import chain
 from service.audit.chain import GENESIS, HEAD_ID, append_event, event_body, link_hash
 from service.audit.log_key import load_public_key
@@ -330,3 +331,28 @@ def test_the_log_key_lives_in_a_file_outside_the_database(settings, tmp_path):
     assert signing_key(settings).public_key().public_bytes_raw() == first.public_key().public_bytes_raw()
     elsewhere = settings.model_copy(update={"log_key_file": tmp_path / "keys" / "log.pem"})
     assert signing_key(elsewhere).public_key().public_bytes_raw() != first.public_key().public_bytes_raw()
+
+
+def test_the_server_writes_checkpoints_to_a_file_witness_that_later_catch_a_rewrite(settings, alice, cli_env,
+                                                                                   tmp_path):
+    from tests.helpers import wait_for
+
+    folder = tmp_path / "witness"
+    witnessed = settings.model_copy(update={"audit_witness_url": f"file://{folder}", "audit_witness_interval": 0.2})
+    with TestClient(create_app(witnessed)):
+        first = wait_for(lambda: sorted(folder.glob("checkpoint-*.json")), "a first checkpoint", timeout=60)
+        _add_events(settings, 3)
+        size = _size(settings)
+        wait_for(lambda: any(json.loads(p.read_text())["tree_size"] == size for p in folder.glob("*.json")),
+                 "a checkpoint of the grown log", timeout=60)
+    files = sorted(folder.glob("checkpoint-*.json"))
+    sizes = [json.loads(p.read_text())["tree_size"] for p in files]
+    assert len(sizes) == len(set(sizes)), sizes  # an unchanged log is not written again
+    assert len(first) >= 1 and sizes[-1] == size
+    ok = cli_env.invoke(cli.app, ["audit", "verify", "--checkpoint", str(files[-1])])
+    assert ok.exit_code == 0, ok.output
+    with _behind_the_api(settings.resolved_database_url) as session:
+        session.get(AuditEvent, 3).payload = {"forged": True}
+        _rechain(session)
+    caught = cli_env.invoke(cli.app, ["audit", "verify", "--checkpoint", str(files[-1])])
+    assert caught.exit_code == 1 and "broken" in caught.output, caught.output
