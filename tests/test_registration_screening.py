@@ -82,11 +82,16 @@ def test_the_same_owners_derived_ticket_is_registered_and_linked(client, alice, 
     events = client.get("/v1/audit", headers=alice.headers, params={"ticket_id": second["id"]}).json()["events"]
     registered = [e for e in events if e["action"] == "ticket.registered"]
     assert registered[0]["payload"]["derived_from"] == first["id"]
+    # a search of the derived copy names the first registration; the later one is its lineage
+    search = verify_ok(client, bob.headers, model_files.stolen)
+    assert search["verdict"] == "match" and search["ticket_id"] == first["id"]
+    assert [(t["ticket_id"], t["derived_from"]) for t in search["evidence"]["lineage"]] == \
+        [(first["id"], None), (second["id"], first["id"])]
     # an independent ticket of another owner is registered, linked to nothing, and alerts no one
     other = register_ok(client, bob.headers, model_files.independent)
     assert other["derived_from"] is None
-    assert not [a for a in _alerts(client, alice) if a["action"].startswith("alert.")]
-    assert [a["action"] for a in _alerts(client, alice)] == ["api_key.created"]
+    # alice hears of bob's search that matched her ticket, of nothing else
+    assert [a["action"] for a in _alerts(client, alice)] == ["api_key.created", "alert.ticket_matched"]
 
 
 def test_two_racing_registrations_cannot_both_win(settings, alice, bob, model_files, monkeypatch):

@@ -149,7 +149,7 @@ def judge(ctx: JobContext) -> dict[str, Any]:
     shortlist = ranked[:settings.search_candidates]
     found = load_candidates(settings, [entry.ticket_id for _, entry in shortlist], both=params.get("mode") == "both")
     best: tuple[CandidateTests, Ticket, float] | None = None
-    compared = 0
+    tested: list[tuple[CandidateTests, Ticket, float]] = []
     span = 0.5 if params.get("key_check") else 0.9  # the key check's retraining takes the rest
     for index, (distance, entry) in enumerate(shortlist):
         ctx.progress(0.1 + span * index / len(shortlist), f"testing candidate {index + 1}/{len(shortlist)}")
@@ -157,11 +157,17 @@ def judge(ctx: JobContext) -> dict[str, Any]:
         tests = candidate_tests(ctx, found, ticket, specs[ticket.dataset], suspect.weights,
                                 suspect.mask if masks else None, pair_seed(ticket.id, params["suspect_sha256"]),
                                 selection=1 if params["ticket_id"] else len(ranked))
-        compared += 1
+        tested.append((tests, ticket, distance))
         if best is None or tests.stronger_than(best[0], alpha=settings.match_alpha):  # ties keep the earlier one
             best = (tests, ticket, distance)
-        if tests.decisive:
-            break  # no later candidate can outweigh a valid MAC
+    compared = len(tested)
+    # first to register wins: of the candidates that match on their own, the verdict names the one
+    # registered first (every shortlisted candidate is tested, so none is skipped), the others are its lineage
+    matched = sorted((t for t in tested if decide_with(settings, t[0], compared=compared,
+                                                       chosen_from=len(ranked)).verdict == "match"),
+                     key=lambda t: (t[1].registered_at, t[1].id))
+    if matched:
+        best = matched[0]
     key_evidence = None
     if params.get("key_check") and best is not None:
         ticket_mask = load_mask(ctx.store.path(best[1].mask_sha256))
@@ -179,6 +185,8 @@ def judge(ctx: JobContext) -> dict[str, Any]:
         return {"verdict": "no_match", "p_value": None, "ticket_id": None, "evidence": evidence}
     tests, ticket, distance = best
     decision = decide_with(settings, tests, compared=compared, chosen_from=len(ranked))
+    if len(matched) > 1:
+        evidence["lineage"] = lineage(settings, matched, compared=compared, chosen_from=len(ranked))
     owner_sees = ticket.owner_id == params["requester_id"]
     disclose = decision.verdict == "match" or owner_sees
     if disclose:  # which tests a ticket carries is the ticket's business until it matches
@@ -205,6 +213,19 @@ def judge(ctx: JobContext) -> dict[str, Any]:
                                                                                       "payload_valid")}
     return {"verdict": decision.verdict, "p_value": decision.p_value, "evidence": evidence,
             "ticket_id": ticket.id if disclose else None}
+
+
+def lineage(settings, matched: list[tuple[CandidateTests, Ticket, float]], *, compared: int,
+            chosen_from: int) -> list[dict[str, Any]]:
+    """Every ticket the suspect matches, earliest registration first: the one the verdict names, then the
+    later ones (each with its own p, its owner and the earlier ticket it was registered as deriving from)."""
+    with sessions_for(settings)() as session:
+        names = {o.id: o.name for o in session.execute(
+            select(Owner).where(Owner.id.in_({t.owner_id for _, t, _ in matched}))).scalars()}
+    return [{"ticket_id": ticket.id, "owner": names.get(ticket.owner_id),
+             "registered_at": ticket.registered_at.isoformat(),
+             "p_value": decide_with(settings, tests, compared=compared, chosen_from=chosen_from).p_value,
+             "derived_from": ticket.derived_from_id} for tests, ticket, _ in matched]
 
 
 def decide_with(settings, tests: CandidateTests, *, compared: int, chosen_from: int | None = None) -> Decision:
