@@ -389,9 +389,14 @@ def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]
              trigger_set: Annotated[bool, typer.Option(help="Also embed a secret trigger set for black-box "
                                                        "verification.")] = False,
              url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None,
-             wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = True) -> None:
+             wait: Annotated[bool, typer.Option(help="Wait for the job to finish.")] = True,
+             receipt: Annotated[Path | None, typer.Option(
+                 dir_okay=False, help="With --wait: save the registration's receipt here (default "
+                                      "receipt-TICKET_ID.json); `ticketguard receipt verify` checks it.")] = None,
+             ) -> None:
     """Register ownership of a ticket (a .safetensors or .pt state dict). The registered ticket, with
-    its signature, downloads from GET /v1/tickets/{id}/model."""
+    its signature, downloads from GET /v1/tickets/{id}/model. The job first screens it against every
+    earlier ticket: one deriving from another owner's is refused."""
     client = _client(url, api_key)
     with reporting_client_errors():
         accepted = client.register(model, arch=arch, dataset=dataset, name=name, signature=signature,
@@ -401,9 +406,13 @@ def register(model: Annotated[Path, typer.Argument(exists=True, dir_okay=False)]
             job = wait_with_progress(client, accepted["job_id"], "registering")
             ticket = client.ticket(accepted["id"])
             console.print_json(data=ticket)
-            if job["status"] != "succeeded":
-                console.print(f"[red]registration {job['status']}[/red]: {job['error']}")
+            if job["status"] != "succeeded" or ticket["status"] != "registered":
+                console.print(f"[red]registration {ticket['status']}[/red]: {job['error'] or ticket['error']}")
                 raise typer.Exit(1)
+            found = client.ticket_receipt(ticket["id"])
+            path = receipt or Path(f"receipt-{ticket['id']}.json")
+            path.write_text(json.dumps(found, indent=2) + "\n")
+            console.print(f"receipt (event {found['leaf_index']} of the transparency log) written to {path}")
 
 
 @app.command()
@@ -691,6 +700,25 @@ def registry_screen(
                   "ticket" + ("" if mark or not contested else ": run again with --mark to refuse them"))
     if contested and not mark:
         raise typer.Exit(1)
+
+
+@app.command()
+def alerts(url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None, limit: int = 100,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What others did that concerns you: verifications that matched your tickets, registrations refused
+    because they derive from yours, API keys created for you."""
+    with reporting_client_errors():
+        page = _client(url, api_key).alerts(limit=limit)
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return
+    table = Table(title="alerts")
+    for column in ("seq", "time", "what", "ticket", "details"):
+        table.add_column(column)
+    for event in page["events"]:
+        table.add_row(str(event["seq"]), str(event["ts"]), event["action"], event["ticket_id"] or "",
+                      json.dumps(event["payload"], sort_keys=True))
+    console.print(table)
 
 
 @receipt_app.command("get")

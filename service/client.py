@@ -126,6 +126,9 @@ class TicketGuardClient:
     def consistency_proof(self, first: int, second: int) -> dict:
         return self._call("GET", "/v1/audit/proofs/consistency", params={"first": first, "second": second})
 
+    def alerts(self, **params: Any) -> dict:
+        return self._call("GET", "/v1/alerts", params={k: v for k, v in params.items() if v is not None})
+
     def ticket_receipt(self, ticket_id: str) -> dict:
         return self._call("GET", f"/v1/tickets/{ticket_id}/receipt")
 

@@ -356,3 +356,19 @@ def test_the_server_writes_checkpoints_to_a_file_witness_that_later_catch_a_rewr
         _rechain(session)
     caught = cli_env.invoke(cli.app, ["audit", "verify", "--checkpoint", str(files[-1])])
     assert caught.exit_code == 1 and "broken" in caught.output, caught.output
+
+
+def test_cli_register_keeps_the_receipt_and_alerts_lists(client, alice, model_files, cli_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "TicketGuardClient", _remote(client, alice.key))
+    remote = ["--url", "http://test", "--api-key", alice.key]
+    saved = tmp_path / "receipt.json"
+    registered = cli_env.invoke(cli.app, ["register", str(model_files.ticket), "--arch", "lenet300_100",
+                                          "--dataset", "digits", "--name", "mine", "--signature", "none",
+                                          "--receipt", str(saved), *remote])
+    assert registered.exit_code == 0 and "receipt (event" in registered.output, registered.output
+    key_file = tmp_path / "log.pem"
+    assert cli_env.invoke(cli.app, ["audit", "public-key", "-o", str(key_file), "--url", "http://test"]).exit_code == 0
+    checked = cli_env.invoke(cli.app, ["receipt", "verify", str(saved), "--public-key", str(key_file)])
+    assert checked.exit_code == 0 and "ticket.registered" in checked.output, checked.output
+    listed = cli_env.invoke(cli.app, ["alerts", "--json", *remote])
+    assert listed.exit_code == 0 and [e["action"] for e in json.loads(listed.output)["events"]] == ["api_key.created"]
