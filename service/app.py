@@ -17,6 +17,8 @@ from service.artifacts import ArtifactStoreError, make_store
 from service.attacks.endpoints import router as attacks_router
 from service.audit.alerts import router as alerts_router
 from service.audit.endpoints import router as audit_router
+from service.audit.webhook_endpoints import router as webhooks_router
+from service.audit.webhooks import DeliveryLoop
 from service.audit.witness import WitnessLoop
 from service.config import Settings, get_settings
 from service.datasets.endpoints import router as datasets_router
@@ -122,16 +124,17 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        witness = WitnessLoop(settings) if settings.audit_witness_url else None
+        loops = [WitnessLoop(settings)] if settings.audit_witness_url else []
         if start_executor:
+            loops.append(DeliveryLoop(settings))
             executor.start()
-        if witness is not None:
-            witness.start()
+        for loop in loops:
+            loop.start()
         try:
             yield
         finally:
-            if witness is not None:
-                witness.stop()
+            for loop in loops:
+                loop.stop()
             if start_executor:
                 executor.stop()
 
@@ -147,7 +150,8 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     install_error_handlers(app)
     app.add_middleware(RequestGate, max_upload_bytes=settings.max_upload_bytes)
     for router in (owners_router, datasets_router, finding_router, tickets_router, locks_router,
-                   attacks_router, verifications_router, jobs_router, audit_router, alerts_router):
+                   attacks_router, verifications_router, jobs_router, audit_router, alerts_router,
+                   webhooks_router):
         app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", tags=["health"])

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     audit_witness_interval: float = Field(3600.0, gt=0, description="Seconds between witness checkpoints.")
     audit_witness_retention_days: int = Field(0, ge=0, le=36500, description="S3 witness: keep each checkpoint "
                                               "under object lock (COMPLIANCE) this many days; 0: the bucket's default.")
+    webhook_poll_interval: float = Field(2.0, gt=0, description="Seconds between rounds of webhook deliveries "
+                                         "(in the API process).")
     log_key_file: Path | None = Field(None, description="The transparency log's Ed25519 signing key (PKCS#8 "
                                       "PEM); default DATA_DIR/log-signing-key.pem, generated once. Keep it off "
                                       "the database's machine: whoever holds it can sign tree heads.")

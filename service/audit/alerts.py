@@ -12,12 +12,11 @@ from sqlalchemy import or_, select
 
 from service.audit.schemas import AuditEventOut, AuditPage
 from service.audit.service import parse_cursor
+from service.audit.webhooks import ALERT_PREFIXES
 from service.deps import CurrentOwner, DbSession
 from service.models import AuditEvent
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
-
-ALERT_PREFIXES = ("alert.", "api_key.")
 
 
 @router.get("", response_model=AuditPage)

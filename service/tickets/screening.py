@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
 from service.audit.chain import HEAD_ID, append_event
+from service.audit.webhooks import append_alert
 from service.config import Settings
 from service.db import sessions_for
 from service.jobs.context import JobContext, RunAgain
@@ -107,7 +108,7 @@ def refuse(session: Session, ticket: Ticket, screening: Screening, *, registrant
                  subject=f"ticket:{ticket.id}", owner_id=ticket.owner_id, ticket_id=ticket.id,
                  payload={"code": REFUSED_CODE})
     for match in screening.others(ticket.owner_id):
-        append_event(session, actor="screening", action=ALERT_REFUSED, subject=f"ticket:{match['ticket_id']}",
+        append_alert(session, actor="screening", action=ALERT_REFUSED, subject=f"ticket:{match['ticket_id']}",
                      owner_id=match["owner_id"], ticket_id=match["ticket_id"],
                      payload={"refused_ticket_id": ticket.id, "registrant": registrant,
                               "p_value": match["p_value"], "relation": match["relation"]})

@@ -184,6 +184,25 @@ def query_endpoint(url: str, inputs: np.ndarray, num_classes: int, policy: Endpo
     return np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
 
 
+def post_once(url: str, body: bytes, policy: EndpointPolicy, headers: dict[str, str]) -> int:
+    """One POST of `body` to `url` under the same guard (public address or allow-listed, pinned, no
+    redirects, timeouts); the response's status, its body unread. EndpointRefused where the URL may not
+    be called or the connection fails."""
+    target = resolve_target(url, policy)
+    timeouts = {"connect": policy.connect_timeout, "read": policy.read_timeout, "write": policy.read_timeout,
+                "pool": policy.connect_timeout}
+    with httpcore.ConnectionPool(ssl_context=ssl.create_default_context(), network_backend=_PinnedBackend(target),
+                                 max_connections=1) as pool:
+        try:
+            with pool.stream("POST", target.url, headers={"content-type": "application/json", **headers},
+                             content=body, extensions={"timeout": timeouts}) as response:
+                return response.status
+        except httpcore.TimeoutException as exc:
+            raise EndpointRefused(f"timed out: {type(exc).__name__}") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise EndpointRefused(f"connection failed: {type(exc).__name__}: {exc}") from None
+
+
 def policy_from_settings(settings) -> EndpointPolicy:
     """The operator's `TICKETGUARD_ENDPOINT_*` settings as a policy."""
     hosts = frozenset(h.strip().lower() for h in settings.endpoint_allow_http_hosts.split(",") if h.strip())

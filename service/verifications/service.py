@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from service.artifact_records import record_artifact
 from service.artifacts import ArtifactStore, Staged
 from service.audit.chain import append_event
+from service.audit.webhooks import append_alert
 from service.datasets.catalog import resolve_dataset
 from service.db import sessions_for
 from service.errors import APIError
@@ -450,7 +451,7 @@ def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> N
     asker = result.pop("requester", None)
     matched = session.get(Ticket, verification.matched_ticket_id) if verification.matched_ticket_id else None
     if matched is not None and matched.owner_id != verification.owner_id:  # tell the owner, not who asked
-        append_event(session, actor="verification", action=ALERT_MATCHED, subject=f"ticket:{matched.id}",
+        append_alert(session, actor="verification", action=ALERT_MATCHED, subject=f"ticket:{matched.id}",
                      owner_id=matched.owner_id, ticket_id=matched.id,
                      payload={"asker": asker, "p_value": result["p_value"], "mode": verification.mode,
                               "attested_by": attested})
