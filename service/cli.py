@@ -212,11 +212,16 @@ def _read_json(path: Path, what: str) -> dict:
 def _local_session() -> Iterator:
     from service.app import prepare_database
     from service.db import sessions_for
+    from service.errors import APIError
 
     settings = get_settings()
     prepare_database(settings)
     with sessions_for(settings)() as session:
-        yield settings, session
+        try:
+            yield settings, session
+        except APIError as exc:  # e.g. the log's key file is missing: one red line, not a traceback
+            console.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(2) from exc
 
 
 @audit_app.command("verify")
@@ -224,6 +229,9 @@ def audit_verify(
     url: Annotated[str | None, typer.Option(help="Ask a server instead of reading the database.")] = None,
     api_key: KeyOpt = None,
     checkpoint: CheckpointOpt = None,
+    public_key: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Verify with this public key (PEM) instead of the key file's: on a "
+                                          "machine that holds the database but not the log key.")] = None,
 ) -> None:
     """Check the transparency log: the hash chain recomputed from every event, the Merkle tree over it,
     every tree head the log has signed, and with --checkpoint a head you saved earlier. Exit 1 and say
@@ -247,11 +255,16 @@ def audit_verify(
                 if not report["checkpoint"]["consistent"]:
                     report |= {"ok": False, "reason": report["checkpoint"]["reason"]}
     else:
-        from service.audit.log_key import signing_key
-        from service.audit.transparency import verify_log
+        from service.audit.log_key import LogKeyError, read_public_key
+        from service.audit.transparency import log_key, verify_log
 
         with _local_session() as (settings, session):
-            report = verify_log(session, signing_key(settings).public_key(), saved).to_dict()
+            try:
+                public = read_public_key(public_key) if public_key else log_key(settings, session).public_key()
+            except LogKeyError as exc:
+                console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from exc
+            report = verify_log(session, public, saved).to_dict()
     if report["ok"]:
         extends = (f"; extends the checkpoint of {report['checkpoint']['tree_size']} events"
                    if report.get("checkpoint") else "")
@@ -295,11 +308,10 @@ def audit_checkpoint(
         with reporting_client_errors():
             head = _client(url, api_key).tree_head()
     else:
-        from service.audit.log_key import signing_key
-        from service.audit.transparency import latest_tree_head
+        from service.audit.transparency import latest_tree_head, log_key
 
         with _local_session() as (settings, session):
-            head = latest_tree_head(session, signing_key(settings)).to_dict()
+            head = latest_tree_head(session, log_key(settings, session)).to_dict()
             session.commit()
     output.write_text(json.dumps(head, indent=2) + "\n")
     console.print(f"tree head of {head['tree_size']} events (root {head['root_hash'][:16]}...) written to {output}")
@@ -334,9 +346,11 @@ def audit_public_key(
         with reporting_client_errors():
             pem = TicketGuardClient(url, "").public_key()["public_key_pem"]
     else:
-        from service.audit.log_key import public_pem, signing_key
+        from service.audit.log_key import public_pem
+        from service.audit.transparency import log_key
 
-        pem = public_pem(signing_key(get_settings()).public_key())
+        with _local_session() as (settings, session):
+            pem = public_pem(log_key(settings, session).public_key())
     if output is None:
         print(pem, end="")
         return

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from service.app import create_app
+from service.audit.log_key import load_public_key
+from service.audit.merkle import VerificationFailed, verify_receipt
 from service.cli import print_audit, wait_with_progress
 from service.client import TicketGuardClient
 from service.config import Settings
@@ -30,10 +32,10 @@ from verifier.training import evaluate
 ARCH, DATASET = "lenet300_100", "digits"
 
 
-def _demo_owner(settings: Settings) -> tuple[Owner, str]:
-    """Owner `alice`, or `alice-xxxx` when a kept data dir already has one."""
+def _demo_owner(settings: Settings, base: str = "alice") -> tuple[Owner, str]:
+    """Owner `alice` (or `base`), or `alice-xxxx` when a kept data dir already has one."""
     with sessions_for(settings)() as session:
-        for name in ("alice", f"alice-{secrets.token_hex(2)}"):
+        for name in (base, f"{base}-{secrets.token_hex(2)}"):
             try:
                 return create_owner(session, secret=settings.secret(), name=name, is_admin=False,
                                     actor="demo")
@@ -56,6 +58,32 @@ def _steal(registered: Path, stolen: Path, permuted: Path, data, seed: int, cons
     save_state_dict(thief.state_dict(), stolen)
     shuffled = permute_hidden_units(ARCH, thief.state_dict(), seed)
     save_state_dict(shuffled, permuted)
+
+
+def _first_to_register(client: TicketGuardClient, settings: Settings, port: int, stolen: Path, ticket_id: str,
+                       console: Console) -> bool:
+    """A thief registers the stolen copy as his own: refused, and the owner alerted; the owner's receipt
+    verifies offline with the log's public key alone."""
+    _, thief_key = _demo_owner(settings, "mallory")
+    thief = TicketGuardClient(f"http://127.0.0.1:{port}", thief_key)
+    accepted = thief.register(stolen, arch=ARCH, dataset=DATASET, name="mine, honestly", signature="none")
+    wait_with_progress(thief, accepted["job_id"], "a thief registers the stolen copy")
+    attempt = thief.ticket(accepted["id"])
+    refused = attempt["status"] == "refused"
+    console.print(f"the thief's registration: {attempt['status']} ({attempt['error_code']})")
+    alerts = [a for a in client.alerts()["events"] if a["action"] == "alert.derived_registration_refused"]
+    console.print(f"the owner's alerts: {len(alerts)} refused registration")
+    receipt = client.ticket_receipt(ticket_id)
+    public_key = load_public_key(client.public_key()["public_key_pem"])
+    try:
+        head = verify_receipt(receipt, public_key)
+        console.print(f"the owner's receipt verified offline: event {receipt['leaf_index']} in the signed tree of "
+                      f"{head.tree_size}")
+        verified = True
+    except VerificationFailed as exc:
+        console.print(f"[red]the owner's receipt does not verify: {exc}[/red]")
+        verified = False
+    return refused and len(alerts) == 1 and verified
 
 
 def run_demo(console: Console, *, data_dir: Path | None, seed: int | None = None) -> bool:
@@ -118,6 +146,7 @@ def _run(console: Console, data_dir: Path, scratch: Path, seed: int) -> bool:
             qr = result["evidence"].get("qr")
             rows.append((label, result["verdict"], expected, result["p_value"], result["owner"],
                          "-" if qr is None else ("yes" if qr["decoded"] else "no"), right))
+        ok &= _first_to_register(client, settings, port, files["stolen"], ticket_id, console)
         table = Table(title="verdicts")
         for column in ("suspect", "verdict", "expected", "p-value", "owner named", "QR decoded", "right?"):
             table.add_column(column)
@@ -128,7 +157,8 @@ def _run(console: Console, data_dir: Path, scratch: Path, seed: int) -> bool:
         print_audit(client.audit()["events"])
         chain = client.audit_verify()
         state = "intact" if chain["ok"] else "BROKEN"
-        console.print(f"audit chain: {state} ({chain['events_checked']} events)")
+        console.print(f"audit log: {state} ({chain['events_checked']} events, {chain['tree_heads_checked']} signed "
+                      "tree heads)")
         ok &= chain["ok"]
     console.print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.0f} s")
     return ok

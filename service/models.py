@@ -266,6 +266,9 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+    # events from this one on were appended with times that never go back (older ones, written before
+    # that rule, may be out of order by clock skew between hosts)
+    ordered_from: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class AuditTreeHead(Base):

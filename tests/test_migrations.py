@@ -24,11 +24,16 @@ def test_downgrade_to_base_and_up_again(database_url):
 
 
 def test_an_existing_audit_chain_becomes_the_transparency_logs_first_leaves(database_url, tmp_path):
-    """Events written before the transparency log existed (revision 0010) are its leaves after the
-    upgrade: the log verifies, and a receipt for an old event verifies offline."""
+    """Events written before the transparency log existed (revision 0010; two hosts whose clocks differ,
+    so their times are not in order) are its leaves after the upgrade: the log verifies, a receipt for
+    an old event verifies offline, and only events appended after the upgrade must keep time order."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
     from sqlalchemy.orm import Session
 
-    from service.audit.chain import append_event
+    from service.audit.chain import GENESIS, append_event, link_hash
     from service.audit.log_key import signing_key
     from service.audit.merkle import HashTree, verify_receipt
     from service.audit.transparency import receipt, verify_log
@@ -37,16 +42,29 @@ def test_an_existing_audit_chain_becomes_the_transparency_logs_first_leaves(data
 
     command.downgrade(alembic_config(database_url), "0010")
     engine = get_engine(database_url)
-    with Session(engine) as session:
-        for i in range(5):
-            append_event(session, actor="old", action="test.event", subject=f"thing:{i}", payload={"i": i})
-        session.commit()
-        hashes = [e.hash for e in session.query(AuditEvent).order_by(AuditEvent.seq)]
+    start, prev, hashes = datetime(2026, 11, 1, tzinfo=UTC), GENESIS, []
+    with engine.begin() as connection:  # as the code of revision 0010 wrote them
+        for seq in range(1, 6):
+            ts = start + timedelta(seconds=seq * 10 - (15 if seq == 3 else 0))  # event 3: a skewed clock
+            body = {"seq": seq, "ts": ts.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                    "actor": "old", "action": "test.event", "subject": f"thing:{seq}", "owner_id": None,
+                    "ticket_id": None, "payload": {"i": seq}}
+            prev = link_hash(prev, body)
+            hashes.append(prev)
+            connection.execute(text(
+                "INSERT INTO audit_events (seq, ts, actor, action, subject, owner_id, ticket_id, payload, prev_hash, "
+                "hash) VALUES (:seq, :ts, 'old', 'test.event', :subject, NULL, NULL, :payload, :prev_hash, :hash)"),
+                {"seq": seq, "ts": ts, "subject": f"thing:{seq}", "payload": json.dumps({"i": seq}),
+                 "prev_hash": hashes[-2] if seq > 1 else GENESIS, "hash": prev})
+        connection.execute(text("UPDATE audit_head SET seq = 5, hash = :hash"), {"hash": prev})
     upgrade(database_url)
     key = signing_key(Settings(data_dir=tmp_path))
     with Session(engine) as session:
         report = verify_log(session, key.public_key())
-        assert report.ok and report.tree_size == 5 and report.root_hash == HashTree(hashes).root_hex()
+        assert report.ok, report
+        assert report.tree_size == 5 and report.root_hash == HashTree(hashes).root_hex()
         old = receipt(session, session.get(AuditEvent, 2), key)
+        append_event(session, actor="new", action="test.event", subject="after", payload={})
         session.commit()
+        assert verify_log(session, key.public_key()).ok
     assert verify_receipt(old, key.public_key()).tree_size == 5

@@ -90,8 +90,10 @@ def test_the_same_owners_derived_ticket_is_registered_and_linked(client, alice, 
     # an independent ticket of another owner is registered, linked to nothing, and alerts no one
     other = register_ok(client, bob.headers, model_files.independent)
     assert other["derived_from"] is None
-    # alice hears of bob's search that matched her ticket, of nothing else
-    assert [a["action"] for a in _alerts(client, alice)] == ["api_key.created", "alert.ticket_matched"]
+    # alice hears of bob's search, once for each of her tickets it matched, and of nothing else
+    alerts = _alerts(client, alice)
+    assert [a["action"] for a in alerts] == ["api_key.created", "alert.ticket_matched", "alert.ticket_matched"]
+    assert {a["ticket_id"] for a in alerts[1:]} == {first["id"], second["id"]}
 
 
 def test_two_racing_registrations_cannot_both_win(settings, alice, bob, model_files, monkeypatch):
@@ -144,6 +146,8 @@ def test_an_honest_same_initialisation_ticket_is_not_refused(client, alice, bob,
     register_ok(client, alice.headers, paths[0])
     second = register_ok(client, bob.headers, paths[1])
     assert second["status"] == "registered" and second["initialisation"].startswith("public")
+    screened = client.get(f"/v1/jobs/{second['job_id']}", headers=bob.headers).json()["result"]["screening"]
+    assert screened["compared"] == 1 and screened["refused"] is False  # compared, and let through
     assert not [a for a in _alerts(client, alice) if a["action"].startswith("alert.")]
 
 
@@ -190,6 +194,7 @@ def test_registry_screen_finds_and_marks_tickets_registered_before_screening(cli
     finally:
         get_settings.cache_clear()
     assert client.get(f"/v1/tickets/{thief['id']}", headers=bob.headers).json()["status"] == "refused"
+    assert client.get(f"/v1/tickets/{thief['id']}/receipt", headers=bob.headers).status_code == 409
     assert client.get(f"/v1/tickets/{own['id']}", headers=alice.headers).json()["derived_from"] == original["id"]
     assert client.get(f"/v1/tickets/{independent['id']}", headers=bob.headers).json()["status"] == "registered"
     alerts = _alerts(client, alice)

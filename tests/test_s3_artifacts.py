@@ -332,7 +332,7 @@ def test_checkpoints_go_to_an_object_locked_bucket(settings, alice, s3, s3_endpo
         get_settings.cache_clear()
     assert written.exit_code == 0 and f"s3://{locked}/log/checkpoint-" in written.output, written.output
     assert again.exit_code == 0, again.output
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=locked)["Contents"]]
+    keys = [v["Key"] for v in s3.list_object_versions(Bucket=locked)["Versions"]]  # never written twice
     assert len(keys) == 1 and keys[0].startswith("log/checkpoint-000000000002-"), keys
     assert s3.head_object(Bucket=locked, Key=keys[0])["ObjectLockMode"] == "COMPLIANCE"
     head = TreeHead.from_dict(json.loads(s3.get_object(Bucket=locked, Key=keys[0])["Body"].read()))

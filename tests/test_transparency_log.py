@@ -372,3 +372,18 @@ def test_cli_register_keeps_the_receipt_and_alerts_lists(client, alice, model_fi
     assert checked.exit_code == 0 and "ticket.registered" in checked.output, checked.output
     listed = cli_env.invoke(cli.app, ["alerts", "--json", *remote])
     assert listed.exit_code == 0 and [e["action"] for e in json.loads(listed.output)["events"]] == ["api_key.created"]
+
+
+def test_a_lost_log_key_is_an_error_not_a_new_key(client, settings, alice, cli_env, tmp_path):
+    """Once the log has signed a head, a missing key file is reported (restore it); a fresh key would make
+    every earlier head and receipt look forged. The log still verifies with the public key alone."""
+    pem = tmp_path / "log.pem"
+    pem.write_text(client.get("/v1/audit/public-key").json()["public_key_pem"])
+    assert client.get("/v1/audit/tree-head", headers=alice.headers).status_code == 200
+    settings.resolved_log_key_file.unlink()
+    assert_json_error(client.get("/v1/audit/tree-head", headers=alice.headers), 503, "log_key_missing")
+    assert not settings.resolved_log_key_file.exists()
+    refused = cli_env.invoke(cli.app, ["audit", "verify"])
+    assert refused.exit_code == 2 and "restore" in refused.output, refused.output
+    ok = cli_env.invoke(cli.app, ["audit", "verify", "--public-key", str(pem)])
+    assert ok.exit_code == 0 and "intact" in ok.output, ok.output

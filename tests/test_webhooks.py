@@ -109,3 +109,23 @@ def test_a_webhook_is_its_owners_alone(local, alice, bob):
         for _ in range(webhooks.MAX_WEBHOOKS):
             assert client.post("/v1/webhooks", headers=alice.headers, json={"url": url}).status_code == 201
         assert_json_error(client.post("/v1/webhooks", headers=alice.headers, json={"url": url}), 409)
+
+
+def test_one_broken_delivery_does_not_stall_the_others(local, alice, monkeypatch):
+    with TestClient(create_app(local, start_executor=False)) as client:
+        for port in (1, 2):
+            client.post("/v1/webhooks", headers=alice.headers, json={"url": f"http://127.0.0.1:{port}/"})
+    _alert(local, alice.id)
+    calls = []
+
+    def flaky(url, body, policy, headers):
+        calls.append(url)
+        if url.endswith(":1/"):
+            raise RuntimeError("a bug in a delivery")
+        return 204
+
+    monkeypatch.setattr(webhooks, "post_once", flaky)
+    assert deliver_due(local) == 2 and len(calls) == 2
+    with session_factory(local.resolved_database_url)() as session:
+        outcome = sorted((d.status, d.attempts, d.last_error) for d in session.query(WebhookDelivery))
+    assert outcome == [("delivered", 1, None), ("pending", 1, "internal error: RuntimeError")], outcome

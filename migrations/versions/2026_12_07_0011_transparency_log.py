@@ -20,6 +20,10 @@ APPEND_ONLY_MESSAGE = "audit_tree_heads is append-only"
 
 
 def upgrade() -> None:
+    # events appended from now on never go back in time; earlier ones may, by clock skew between hosts
+    with op.batch_alter_table("audit_head") as batch:
+        batch.add_column(sa.Column("ordered_from", sa.Integer(), nullable=False, server_default="1"))
+    op.execute("UPDATE audit_head SET ordered_from = seq + 1")
     op.create_table(
         "audit_tree_heads",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -56,3 +60,5 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS audit_tree_heads_no_update")
         op.execute("DROP TRIGGER IF EXISTS audit_tree_heads_no_delete")
     op.drop_table("audit_tree_heads")
+    with op.batch_alter_table("audit_head") as batch:
+        batch.drop_column("ordered_from")

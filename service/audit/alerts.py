@@ -28,7 +28,7 @@ def list_alerts(owner: CurrentOwner, session: DbSession,
     p-value and mode, the asker as a pseudonym), `alert.derived_registration_refused` (a registration
     deriving from your ticket was refused), `api_key.created`. Page with `cursor`."""
     query = (select(AuditEvent).where(AuditEvent.owner_id == owner.id, AuditEvent.seq > parse_cursor(cursor),
-                                      or_(*(AuditEvent.action.startswith(p) for p in ALERT_PREFIXES)))
+                                      or_(*(AuditEvent.action.startswith(p, autoescape=True) for p in ALERT_PREFIXES)))
              .order_by(AuditEvent.seq).limit(limit + 1))
     rows = list(session.execute(query).scalars())
     next_cursor = str(rows[limit - 1].seq) if len(rows) > limit else None

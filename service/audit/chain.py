@@ -74,6 +74,8 @@ class ChainReport:
 def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
     """Recompute every link; name the first event whose hash, predecessor, number or time is wrong."""
     prev_hash, prev_ts, expected_seq, checked, hashes = GENESIS, None, 1, 0, []
+    head = session.get(AuditHead, HEAD_ID)
+    ordered_from = head.ordered_from if head is not None else 1
     while True:
         rows = session.execute(select(AuditEvent).where(AuditEvent.seq >= expected_seq)
                                .order_by(AuditEvent.seq).limit(batch)).scalars().all()
@@ -84,7 +86,7 @@ def verify_chain(session: Session, *, batch: int = 1000) -> ChainReport:
                 return ChainReport(False, checked, event.seq, "prev_hash does not match the previous event", hashes)
             if link_hash(prev_hash, event_body(event)) != event.hash:
                 return ChainReport(False, checked, event.seq, "content does not match its hash", hashes)
-            if prev_ts is not None and event.ts < prev_ts:
+            if prev_ts is not None and event.ts < prev_ts and event.seq >= ordered_from:
                 return ChainReport(False, checked, event.seq, f"recorded at {timestamp_text(event.ts)}, before "
                                    f"the event ahead of it ({timestamp_text(prev_ts)}): back-dated", hashes)
             hashes.append(event.hash)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.audit.log_key import key_id, public_pem, signing_key
+from service.audit.log_key import key_id, public_pem
 from service.audit.merkle import event_json
 from service.audit.schemas import (
     AuditEventOut,
@@ -18,7 +18,14 @@ from service.audit.schemas import (
     TreeHeadOut,
 )
 from service.audit.service import list_events, visible_event
-from service.audit.transparency import consistency_proof, inclusion_proof, latest_tree_head, receipt, verify_log
+from service.audit.transparency import (
+    consistency_proof,
+    inclusion_proof,
+    latest_tree_head,
+    log_key,
+    receipt,
+    verify_log,
+)
 from service.deps import CurrentOwner, DbSession, SettingsDep
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -45,13 +52,13 @@ def audit_verify(owner: CurrentOwner, session: DbSession, settings: SettingsDep)
     """Recompute the whole log: the hash chain from every event's content (naming the first broken
     link), the Merkle tree over it, and every tree head the log has signed. A checkpoint kept outside
     the server is checked with `ticketguard audit verify --checkpoint FILE`."""
-    return LogReportOut(**verify_log(session, signing_key(settings).public_key()).to_dict())
+    return LogReportOut(**verify_log(session, log_key(settings, session).public_key()).to_dict())
 
 
 @router.get("/public-key", response_model=PublicKeyOut)
-def audit_public_key(settings: SettingsDep) -> PublicKeyOut:
+def audit_public_key(settings: SettingsDep, session: DbSession) -> PublicKeyOut:
     """The log's Ed25519 public key, which verifies tree heads and receipts offline (no API key needed)."""
-    public = signing_key(settings).public_key()
+    public = log_key(settings, session).public_key()
     return PublicKeyOut(algorithm="Ed25519", key_id=key_id(public), public_key_pem=public_pem(public))
 
 
@@ -59,7 +66,7 @@ def audit_public_key(settings: SettingsDep) -> PublicKeyOut:
 def audit_tree_head(owner: CurrentOwner, session: DbSession, settings: SettingsDep) -> TreeHeadOut:
     """The latest signed tree head over the whole log (signed now if the log has grown). Save it: a later
     log that does not extend it is caught by `ticketguard audit verify --checkpoint`."""
-    head = latest_tree_head(session, signing_key(settings))
+    head = latest_tree_head(session, log_key(settings, session))
     session.commit()
     return TreeHeadOut(**head.to_dict())
 
@@ -90,6 +97,6 @@ def audit_receipt(seq: int, owner: CurrentOwner, session: DbSession, settings: S
     """A receipt for event `seq` (one you can see): the event, a signed tree head that includes it and
     the inclusion proof. Keep it; `ticketguard receipt verify FILE` checks it with only the public key."""
     event = visible_event(session, owner=owner, seq=seq)
-    result = receipt(session, event, signing_key(settings))
+    result = receipt(session, event, log_key(settings, session))
     session.commit()
     return ReceiptOut(**result)

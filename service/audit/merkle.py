@@ -129,7 +129,8 @@ def verify_inclusion(chain_hash: str, index: int, head: TreeHead, proof: Any) ->
     """Raise VerificationFailed unless the leaf `chain_hash` sits at `index` in the tree `head` signs."""
     try:
         parsed = InclusionProof.deserialize(proof)
-        parsed.verify(leaf_hash(chain_hash), bytes.fromhex(head.root_hash), index=index, size=head.tree_size)
+        parsed.verify(leaf_hash(chain_hash), bytes.fromhex(head.root_hash), index=index, size=head.tree_size,
+                      algorithm="sha256", security=True)
     except (InvalidProof, ValueError) as exc:
         raise VerificationFailed(f"the inclusion proof does not verify: {exc}") from None
 
@@ -149,7 +150,7 @@ def verify_consistency(older: TreeHead, newer: TreeHead, proof: Any) -> None:
     try:
         parsed = ConsistencyProof.deserialize(proof)
         parsed.verify(bytes.fromhex(older.root_hash), bytes.fromhex(newer.root_hash),
-                      prior_size=older.tree_size, later_size=newer.tree_size)
+                      prior_size=older.tree_size, later_size=newer.tree_size, algorithm="sha256", security=True)
     except (InvalidProof, ValueError) as exc:
         raise VerificationFailed(f"{failed}: the consistency proof fails ({exc}), so events at or before "
                                  f"{older.tree_size} were changed") from None

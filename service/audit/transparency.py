@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.audit.chain import HEAD_ID, timestamp_text, verify_chain
+from service.audit.log_key import signing_key
 from service.audit.merkle import (
     RECEIPT_FORMAT,
     HashTree,
@@ -19,8 +20,20 @@ from service.audit.merkle import (
     VerificationFailed,
     event_json,
 )
+from service.config import Settings
 from service.errors import APIError
 from service.models import AuditEvent, AuditHead, AuditTreeHead, utcnow
+
+
+def log_key(settings: Settings, session: Session) -> Ed25519PrivateKey:
+    """The log's signing key. Generated only for a log that has signed nothing yet: a key file gone
+    missing later is an error to fix (restore it), not a reason to start a new key that every earlier
+    tree head and receipt would then contradict."""
+    if not settings.resolved_log_key_file.exists() and session.execute(select(AuditTreeHead.id).limit(1)).first():
+        raise APIError(503, "log_key_missing", f"the transparency log's key file {settings.resolved_log_key_file} "
+                                               "is missing, but the log has signed tree heads with it: restore the "
+                                               "file (or set TICKETGUARD_LOG_KEY_FILE to where it is)")
+    return signing_key(settings)
 
 
 def log_size(session: Session) -> int:

@@ -79,26 +79,38 @@ def deliver_due(settings: Settings, *, limit: int = 50) -> int:
             if not _claim(session, delivery):
                 continue
             attempted += 1
-            webhook = session.get(Webhook, delivery.webhook_id)
-            event = session.get(AuditEvent, delivery.event_seq)
-            body = json.dumps({"webhook_id": webhook.id, "delivery_id": delivery.id, "event": event_json(event)},
-                              default=str, sort_keys=True).encode()
-            session.commit()  # no transaction idles while the request is out
-            stamp = str(int(time.time()))
-            headers = {"x-ticketguard-timestamp": stamp,
-                       "x-ticketguard-signature": signature(webhook_secret(settings.secret(), webhook.id), stamp,
-                                                            body)}
             try:
-                status = post_once(webhook.url, body, policy, headers)
-                error = None if 200 <= status < 300 else f"the webhook answered {status}"
-            except EndpointRefused as exc:
-                error = str(exc)
+                error = _send(session, settings, policy, delivery)
+            except Exception as exc:  # a bug or an odd failure: this delivery's attempt, not the round
+                log.exception("webhooks: delivery %s failed", delivery.id)
+                session.rollback()
+                error = f"internal error: {type(exc).__name__}"
             _record(session, delivery.id, error)
     return attempted
 
 
+def _send(session: Session, settings: Settings, policy, delivery: WebhookDelivery) -> str | None:
+    """One attempt; None when delivered, else why not."""
+    webhook = session.get(Webhook, delivery.webhook_id)
+    event = session.get(AuditEvent, delivery.event_seq)
+    body = json.dumps({"webhook_id": webhook.id, "delivery_id": delivery.id, "event": event_json(event)},
+                      default=str, sort_keys=True).encode()
+    session.commit()  # no transaction idles while the request is out
+    stamp = str(int(time.time()))
+    headers = {"x-ticketguard-timestamp": stamp,
+               "x-ticketguard-signature": signature(webhook_secret(settings.secret(), webhook.id), stamp, body)}
+    try:
+        status = post_once(webhook.url, body, policy, headers)
+    except EndpointRefused as exc:
+        return str(exc)
+    return None if 200 <= status < 300 else f"the webhook answered {status}"
+
+
 def _record(session: Session, delivery_id: str, error: str | None) -> None:
     delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:  # its webhook was deleted meanwhile
+        session.commit()
+        return
     delivery.attempts += 1
     if error is None:
         delivery.status, delivery.delivered_at, delivery.last_error = "delivered", utcnow(), None

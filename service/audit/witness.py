@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from service.audit.log_key import signing_key
 from service.audit.merkle import TreeHead
-from service.audit.transparency import latest_tree_head
+from service.audit.transparency import latest_tree_head, log_key
 from service.config import Settings
 from service.db import sessions_for
 
@@ -59,6 +58,14 @@ class S3Witness:
 
     def write(self, name: str, body: bytes) -> str | None:
         key = f"{self.prefix}/{name}" if self.prefix else name
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return None  # already with the witness: never written twice
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
         lock = {}
         if self.retention_days:
             lock = {"ObjectLockMode": "COMPLIANCE",
@@ -86,7 +93,7 @@ def witness_once(settings: Settings, witness: Witness) -> tuple[TreeHead, str | 
     """Sign the latest tree head (if the log grew) and give it to the witness; where it went, or None
     when the witness already holds it."""
     with sessions_for(settings)() as session:
-        head = latest_tree_head(session, signing_key(settings))
+        head = latest_tree_head(session, log_key(settings, session))
         session.commit()
     return head, witness.write(checkpoint_name(head), (json.dumps(head.to_dict(), indent=2) + "\n").encode())
 

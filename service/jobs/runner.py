@@ -84,11 +84,12 @@ def execute_job(settings: Settings, job_id: str, lease_owner: str) -> str:
             if attempt == RUN_AGAIN_LIMIT:
                 return _write_with_retries(make_session, handler, job_id, lease_owner,
                                            ("failed", f"{exc}; gave up after {attempt + 1} runs, try again"))
-            log.info("job %s: %s", job_id, exc)
+            log.info("job %s: %s; running it again", job_id, exc)
+            params = {**params, "previous_result": outcome[1]}  # the body may reuse what does not go stale
     raise AssertionError("unreachable")
 
 
-RUN_AGAIN_LIMIT = 3  # runs of a job body after the first when its final transaction asks for one (RunAgain)
+RUN_AGAIN_LIMIT = 10  # runs of a job body after the first when its final transaction asks for one (RunAgain)
 
 
 def _run_body(settings: Settings, handler, kind: str, params: dict, job_id: str,

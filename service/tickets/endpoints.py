@@ -9,9 +9,8 @@ from safetensors.torch import save as save_safetensors
 from sqlalchemy import select
 
 from service.artifact_records import record_artifact
-from service.audit.log_key import signing_key
 from service.audit.schemas import ReceiptOut
-from service.audit.transparency import receipt
+from service.audit.transparency import log_key, receipt
 from service.datasets.catalog import DatasetRef, resolve_dataset
 from service.deps import CurrentOwner, DbSession, SettingsDep, Store
 from service.errors import APIError
@@ -161,10 +160,10 @@ def ticket_receipt(ticket_id: str, owner: CurrentOwner, session: DbSession, sett
     event = session.execute(select(AuditEvent).where(AuditEvent.ticket_id == ticket.id,
                                                      AuditEvent.action == "ticket.registered")
                             .order_by(AuditEvent.seq).limit(1)).scalar()
-    if event is None:
+    if event is None or ticket.status != "registered":
         raise APIError(409, "not_registered", f"ticket {ticket.id} is {ticket.status}, not registered: "
                                               "a receipt exists once its registration job has succeeded")
-    result = receipt(session, event, signing_key(settings))
+    result = receipt(session, event, log_key(settings, session))
     session.commit()
     return ReceiptOut(**result)
 

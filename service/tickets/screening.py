@@ -10,7 +10,7 @@ registrations finish one at a time) runs the job again if a ticket of that kind 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
@@ -95,9 +95,9 @@ def check_no_registration_since(session: Session, ticket: Ticket, log_size: int)
         select(AuditEvent.ticket_id).join(Ticket, Ticket.id == AuditEvent.ticket_id)
         .where(AuditEvent.seq > log_size, AuditEvent.action == "ticket.registered", Ticket.arch == ticket.arch,
                Ticket.dataset == ticket.dataset, Ticket.id != ticket.id).limit(1)).scalar()
-    if since is not None:
-        raise RunAgain(f"ticket {since} of the same architecture and dataset was registered while this one was "
-                       "being screened: screening again")
+    if since is not None:  # which ticket stays unsaid: it may be another owner's
+        raise RunAgain("a ticket of the same architecture and dataset was registered while this one was being "
+                       "screened")
 
 
 def refuse(session: Session, ticket: Ticket, screening: Screening, *, registrant: str) -> None:
@@ -119,10 +119,6 @@ def screening_report(screening: Screening, owner_id: str) -> dict[str, Any]:
     return {"candidates": screening.candidates, "compared": screening.compared,
             "derived_from": [m["ticket_id"] for m in screening.own(owner_id)],
             "refused": bool(screening.others(owner_id))}
-
-
-def as_dict(screening: Screening) -> dict[str, Any]:
-    return asdict(screening)
 
 
 @dataclass

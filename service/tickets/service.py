@@ -85,8 +85,11 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
                                           weights=weights, mask=mask, prunable=parsed.prunable,
                                           upload_sha256=params["upload_sha256"])
     if found.others(params["owner_id"]):  # refused: nothing is signed, stored or calibrated
-        return {"screening": screening.as_dict(found),
+        return {"screening": asdict(found),
                 "registrant": pseudonym(ctx.settings.secret(), params["owner_id"])}
+    previous = params.get("previous_result") or {}
+    if "model_sha256" in previous:  # run again after a race: only the screen can have gone stale
+        return previous | {"screening": asdict(found)}
     request = SignatureRequest(**params.get("signature") or {"kind": "none"})
     if request.kind in ("auto", "qr"):
         signed = sign_registration(ctx, request=request, owner_id=params["owner_id"], ticket_id=params["ticket_id"],
@@ -133,7 +136,7 @@ def run_registration(ctx: JobContext) -> dict[str, Any]:
             "signature": kind, "credential": credential,
             "summary": spectral_summary(weights, parsed.prunable).tolist(),
             "topology_references": references, "trigger_set": trigger_set, "initialisation": initialisation,
-            "screening": screening.as_dict(found)}
+            "screening": asdict(found)}
 
 
 def describe_initialisation(store: ArtifactStore, arch: str, spec: tuple, weights: dict, mask: dict,

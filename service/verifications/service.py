@@ -223,10 +223,13 @@ def lineage(settings, matched: list[tuple[CandidateTests, Ticket, float]], *, co
     with sessions_for(settings)() as session:
         names = {o.id: o.name for o in session.execute(
             select(Owner).where(Owner.id.in_({t.owner_id for _, t, _ in matched}))).scalars()}
+    ids = {ticket.id for _, ticket, _ in matched}
     return [{"ticket_id": ticket.id, "owner": names.get(ticket.owner_id),
              "registered_at": ticket.registered_at.isoformat(),
              "p_value": decide_with(settings, tests, compared=compared, chosen_from=chosen_from).p_value,
-             "derived_from": ticket.derived_from_id} for tests, ticket, _ in matched]
+             # only a link to a ticket that matched too: the others stay their owners' business
+             "derived_from": ticket.derived_from_id if ticket.derived_from_id in ids else None}
+            for tests, ticket, _ in matched]
 
 
 def decide_with(settings, tests: CandidateTests, *, compared: int, chosen_from: int | None = None) -> Decision:
@@ -449,12 +452,15 @@ def finish_verification(session: Session, job: Job, result: dict[str, Any]) -> N
                  payload={"verdict": result["verdict"], "p_value": result["p_value"],
                           "matched_ticket_id": verification.matched_ticket_id, "attested_by": attested})
     asker = result.pop("requester", None)
-    matched = session.get(Ticket, verification.matched_ticket_id) if verification.matched_ticket_id else None
-    if matched is not None and matched.owner_id != verification.owner_id:  # tell the owner, not who asked
-        append_alert(session, actor="verification", action=ALERT_MATCHED, subject=f"ticket:{matched.id}",
-                     owner_id=matched.owner_id, ticket_id=matched.id,
-                     payload={"asker": asker, "p_value": result["p_value"], "mode": verification.mode,
-                              "attested_by": attested})
+    named = [{"ticket_id": verification.matched_ticket_id, "p_value": result["p_value"]}] \
+        if verification.matched_ticket_id else []
+    for entry in result["evidence"].get("lineage", named):  # every matched ticket's owner, not who asked
+        matched = session.get(Ticket, entry["ticket_id"])
+        if matched is not None and matched.owner_id != verification.owner_id:
+            append_alert(session, actor="verification", action=ALERT_MATCHED, subject=f"ticket:{matched.id}",
+                         owner_id=matched.owner_id, ticket_id=matched.id,
+                         payload={"asker": asker, "p_value": entry["p_value"], "mode": verification.mode,
+                                  "attested_by": attested})
 
 
 ALERT_MATCHED = "alert.ticket_matched"
