@@ -18,8 +18,8 @@ from service.attacks.endpoints import router as attacks_router
 from service.audit.alerts import router as alerts_router
 from service.audit.endpoints import router as audit_router
 from service.audit.webhook_endpoints import router as webhooks_router
-from service.audit.webhooks import DeliveryLoop
-from service.audit.witness import WitnessLoop
+from service.audit.webhooks import delivery_loop
+from service.audit.witness import witness_loop
 from service.config import Settings, get_settings
 from service.datasets.endpoints import router as datasets_router
 from service.db import sessions_for
@@ -124,9 +124,9 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loops = [WitnessLoop(settings)] if settings.audit_witness_url else []
+        loops = [witness_loop(settings)] if settings.audit_witness_url else []
         if start_executor:
-            loops.append(DeliveryLoop(settings))
+            loops.append(delivery_loop(settings))
             executor.start()
         for loop in loops:
             loop.start()

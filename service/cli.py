@@ -281,19 +281,27 @@ def _remote_checkpoint(client: TicketGuardClient, saved) -> dict:
     """Whether the server's latest tree head extends `saved`, by its consistency proof, with the public
     key the checkpoint names (the server's is taken only if its id is the checkpoint's key id)."""
     from service.audit.log_key import LogKeyError, load_public_key
-    from service.audit.merkle import TreeHead, VerificationFailed, verify_consistency
+    from service.audit.merkle import VerificationFailed
 
     try:
         public = load_public_key(client.public_key()["public_key_pem"])
-        latest = TreeHead.from_dict(client.tree_head())
         saved.verify(public)
-        latest.verify(public)
-        proof = client.consistency_proof(saved.tree_size, latest.tree_size)["proof"] \
-            if saved.tree_size <= latest.tree_size else None
-        verify_consistency(saved, latest, proof)
+        _server_extends(client, saved, public)
     except (VerificationFailed, LogKeyError) as exc:
         return {"tree_size": saved.tree_size, "timestamp": saved.timestamp, "consistent": False, "reason": str(exc)}
     return {"tree_size": saved.tree_size, "timestamp": saved.timestamp, "consistent": True}
+
+
+def _server_extends(client: TicketGuardClient, head, public_key) -> None:
+    """Raise VerificationFailed unless the server's latest signed tree head (checked with `public_key`)
+    extends `head`, by the server's consistency proof."""
+    from service.audit.merkle import TreeHead, verify_consistency
+
+    latest = TreeHead.from_dict(client.tree_head())
+    latest.verify(public_key)
+    proof = client.consistency_proof(head.tree_size, latest.tree_size)["proof"] \
+        if head.tree_size <= latest.tree_size else None
+    verify_consistency(head, latest, proof)
 
 
 @audit_app.command("checkpoint")
@@ -760,7 +768,7 @@ def receipt_verify(
     tree head, the head's signature. With --url also against the server's log today (a rewrite of the
     log since the receipt was issued fails here)."""
     from service.audit.log_key import LogKeyError, read_public_key
-    from service.audit.merkle import TreeHead, VerificationFailed, verify_consistency, verify_receipt
+    from service.audit.merkle import VerificationFailed, verify_receipt
 
     try:
         key = read_public_key(public_key)
@@ -768,11 +776,7 @@ def receipt_verify(
         if url:
             client = _client(url, api_key)
             with reporting_client_errors():
-                latest = TreeHead.from_dict(client.tree_head())
-                latest.verify(key)
-                proof = client.consistency_proof(head.tree_size, latest.tree_size)["proof"] \
-                    if head.tree_size <= latest.tree_size else None
-            verify_consistency(head, latest, proof)
+                _server_extends(client, head, key)
     except (VerificationFailed, LogKeyError) as exc:
         console.print(f"[red]receipt does not verify[/red]: {exc}")
         raise typer.Exit(1) from exc

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from datetime import timedelta
 
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from service.audit.chain import append_event
 from service.audit.merkle import event_json
+from service.audit.periodic import PeriodicLoop
 from service.config import Settings
 from service.db import sessions_for
 from service.models import AuditEvent, Webhook, WebhookDelivery, utcnow
@@ -122,25 +122,6 @@ def _record(session: Session, delivery_id: str, error: str | None) -> None:
     session.commit()
 
 
-class DeliveryLoop:
+def delivery_loop(settings: Settings) -> PeriodicLoop:
     """Sends due deliveries every `webhook_poll_interval` seconds in the API process."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ticketguard-webhooks", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                deliver_due(self.settings)
-            except Exception:
-                log.exception("webhooks: a delivery round failed; trying again")
-            self._stop.wait(self.settings.webhook_poll_interval)
+    return PeriodicLoop("ticketguard-webhooks", settings.webhook_poll_interval, lambda: deliver_due(settings), log)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from service.audit.merkle import TreeHead
+from service.audit.periodic import PeriodicLoop
 from service.audit.transparency import latest_tree_head, log_key
 from service.config import Settings
 from service.db import sessions_for
@@ -98,29 +98,14 @@ def witness_once(settings: Settings, witness: Witness) -> tuple[TreeHead, str | 
     return head, witness.write(checkpoint_name(head), (json.dumps(head.to_dict(), indent=2) + "\n").encode())
 
 
-class WitnessLoop:
+def witness_loop(settings: Settings) -> PeriodicLoop:
     """Every `audit_witness_interval` seconds, a checkpoint to the witness; a failure is logged and tried
     again next time (the log itself is not affected)."""
+    witness = make_witness(settings)
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings, self.witness = settings, make_witness(settings)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ticketguard-witness", daemon=True)
+    def step() -> None:
+        head, where = witness_once(settings, witness)
+        if where:
+            log.info("witness: tree head of %d events written to %s", head.tree_size, where)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                head, where = witness_once(self.settings, self.witness)
-                if where:
-                    log.info("witness: tree head of %d events written to %s", head.tree_size, where)
-            except Exception:
-                log.exception("witness: writing a checkpoint failed; trying again in %s s",
-                              self.settings.audit_witness_interval)
-            self._stop.wait(self.settings.audit_witness_interval)
+    return PeriodicLoop("ticketguard-witness", settings.audit_witness_interval, step, log)
